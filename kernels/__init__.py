@@ -1,0 +1,1 @@
+"""Kernels: the numpy reference of the canonical arithmetic and the fast backends."""

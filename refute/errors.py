@@ -1,0 +1,21 @@
+"""Exception types of refute: every error a caller can act on has a name here."""
+
+
+class RefuteError(Exception):
+    """Base class of every error refute raises on purpose."""
+
+
+class SubnormalFlushError(RefuteError):
+    """The platform flushes subnormals to zero, so it cannot compute canonical results."""
+
+
+class SpecDomainError(RefuteError, ValueError):
+    """An argument lies outside the domain the canonical arithmetic defines (docs/spec.md)."""
+
+
+class ShapeError(RefuteError, ValueError):
+    """Tensor shapes do not fit the operation."""
+
+
+class VectorFileError(RefuteError):
+    """A conformance-vector file is missing, corrupt or of another spec version."""
