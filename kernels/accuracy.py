@@ -9,7 +9,7 @@ never produce them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -87,6 +87,15 @@ def ulp_error(got: np.ndarray, exact: np.ndarray) -> np.ndarray:
     return np.where(special, np.where(same, 0.0, np.inf), err)
 
 
+# Input intervals [lo, hi) reported separately: where a function is ill conditioned (gelu_tanh
+# and silu for negative x, where a rounding of the argument of sigmoid is amplified by |u|) or
+# its result is subnormal, its error is far from the bound that holds elsewhere.
+REGIONS: dict[str, tuple[tuple[float, float], ...]] = {
+    "silu": ((-np.inf, -87.0), (-87.0, np.inf)),
+    "gelu_tanh": ((-np.inf, -10.0), (-10.0, -3.0), (-3.0, -1.0), (-1.0, np.inf)),
+}
+
+
 @dataclass
 class AccuracyReport:
     """Worst errors of one function over the inputs it was shown."""
@@ -97,6 +106,7 @@ class AccuracyReport:
     worst_input_bits: int = 0
     max_ulp_subnormal: float = 0.0  # in units of 2^-149, where the exact result is subnormal
     worst_subnormal_bits: int = 0
+    region_max_ulp: list[float] = field(default_factory=list)  # per REGIONS[name], all results
 
     def update(self, bits: np.ndarray) -> None:
         f = DERIVED[self.name]
@@ -106,6 +116,13 @@ class AccuracyReport:
         err = ulp_error(f.canonical(x), exact)
         tiny = (np.abs(exact) < 2.0**-126) & (exact != 0)
         self.inputs += bits.size
+        regions = REGIONS.get(self.name, ())
+        if len(self.region_max_ulp) < len(regions):
+            self.region_max_ulp = [0.0] * len(regions)
+        for i, (lo, hi) in enumerate(regions):
+            inside = (x >= lo) & (x < hi)
+            if inside.any():
+                self.region_max_ulp[i] = max(self.region_max_ulp[i], float(err[inside].max()))
         for mask, attr, where in (
             (~tiny, "max_ulp_normal", "worst_input_bits"),
             (tiny, "max_ulp_subnormal", "worst_subnormal_bits"),

@@ -35,7 +35,7 @@ def from_bits(bits: np.typing.ArrayLike) -> np.ndarray:
 
 def to_bits(x: np.typing.ArrayLike) -> np.ndarray:
     """Reinterpret float32 values as their uint32 bit patterns."""
-    return np.ascontiguousarray(np.asarray(x, dtype=F32)).view(U32)
+    return np.asarray(x, dtype=F32).view(U32)
 
 
 def _const(bits: int) -> np.float32:
@@ -306,7 +306,7 @@ TANH_POLY = tuple(_const(b) for b in (0xBEAAAA99, 0x3E088393, 0xBD5C1E2E, 0x3CA9
 
 
 def tanh(x: np.typing.ArrayLike) -> np.ndarray:
-    """Odd polynomial for |x| < 0.625, else sign(x) * (1 - 2/(exp(2|x|) + 1))."""
+    """Odd polynomial for |x| < 0.625, else sign(x) * (1 - 2/(exp(2|x|) + 1)); tanh(+-0) = +-0."""
     x = _f32(x)
     a = abs_(x)
     z = mul(x, x)
@@ -315,6 +315,7 @@ def tanh(x: np.typing.ArrayLike) -> np.ndarray:
     large = sub(ONE, div(TWO, add(e, ONE)))
     large = select(_signbit(x), neg(large), large)
     y = select(lt(a, TANH_SMALL), small, large)
+    y = select(eq(x, ZERO), x, y)  # the polynomial would turn -0 into +0
     return canonicalize(select(np.isnan(x), NAN, y))
 
 
@@ -405,8 +406,9 @@ def argmax(x: np.typing.ArrayLike, axis: int = -1) -> np.ndarray:
     values = np.moveaxis(_pad_pow2(x, axis, -INF), axis, -1)
     index = np.broadcast_to(np.arange(values.shape[-1], dtype=np.int64), values.shape)
     while values.shape[-1] > 1:
-        values, index = argmax_step(values[..., 0::2], index[..., 0::2], values[..., 1::2],
-                                    index[..., 1::2])
+        values, index = argmax_step(
+            values[..., 0::2], index[..., 0::2], values[..., 1::2], index[..., 1::2]
+        )
     return index[..., 0]
 
 
@@ -443,11 +445,13 @@ def noise_uniform(seed: int, position: int, indices: np.typing.ArrayLike) -> np.
         if not 0 <= v < _UINT256:
             raise SpecDomainError(f"{name} must be a uint256, got {v}")
     prefix = seed.to_bytes(32, "big") + position.to_bytes(32, "big")
-    idx = np.asarray(indices, dtype=np.int64)
-    if np.any(idx < 0):
-        raise SpecDomainError("noise indices must be non-negative")
-    flat = [int.from_bytes(keccak(prefix + int(i).to_bytes(32, "big"))[:3], "big") >> 1
-            for i in idx.ravel()]
+    idx = np.asarray(indices, dtype=object)
+    flat = []
+    for i in idx.ravel():
+        i = int(i)
+        if not 0 <= i < _UINT256:
+            raise SpecDomainError(f"noise index must be a uint256, got {i}")
+        flat.append(int.from_bytes(keccak(prefix + i.to_bytes(32, "big"))[:3], "big") >> 1)
     m = np.array(flat, dtype=np.int64).reshape(idx.shape)
     return ((2 * m + 1).astype(F32) * F32(2.0**-24)).astype(F32)
 

@@ -19,3 +19,23 @@ class ShapeError(RefuteError, ValueError):
 
 class VectorFileError(RefuteError):
     """A conformance-vector file is missing, corrupt or of another spec version."""
+
+
+class CommitmentError(RefuteError, ValueError):
+    """A value cannot be committed, or a proof request does not fit the commitment."""
+
+
+class ProgramError(RefuteError, ValueError):
+    """A program (IR) is malformed: bad operand, out-of-bounds index map, wrong arity."""
+
+
+class ModelLoadError(RefuteError):
+    """A model name or checkpoint directory cannot be loaded."""
+
+
+class ExecutionError(RefuteError):
+    """Execution cannot proceed: a bad token, too many positions, a backend that cannot run."""
+
+
+class TraceFileError(RefuteError):
+    """A trace file is corrupt, truncated, or of an unknown format."""

@@ -35,14 +35,21 @@ def main(stride: int, offset: int, only: tuple[str, ...], json_path: str | None)
                 bar.update(bits.size)
         reports.append(report)
     print(f"\n{reports[0].inputs} inputs per function (stride {stride}, offset {offset})\n")
-    print("| function | max ulp, normal results | at x = | max error, subnormal results "
-          "(units of 2^-149) | at x = |")
+    print(
+        "| function | max ulp, normal results | at x = | max error, subnormal results "
+        "(units of 2^-149) | at x = |"
+    )
     print("|---|---|---|---|---|")
     for r in reports:
         xn = from_bits([r.worst_input_bits])[0]
         xs = from_bits([r.worst_subnormal_bits])[0]
-        print(f"| {r.name} | {r.max_ulp_normal:.3f} | {float(xn):.9g} (0x{r.worst_input_bits:08x}) | "
-              f"{r.max_ulp_subnormal:.3f} | {float(xs):.9g} (0x{r.worst_subnormal_bits:08x}) |")
+        print(
+            f"| {r.name} | {r.max_ulp_normal:.3f} | {float(xn):.9g} (0x{r.worst_input_bits:08x}) | "
+            f"{r.max_ulp_subnormal:.3f} | {float(xs):.9g} (0x{r.worst_subnormal_bits:08x}) |"
+        )
+    for r in reports:
+        for (lo, hi), worst in zip(accuracy.REGIONS.get(r.name, ()), r.region_max_ulp, strict=True):
+            print(f"- {r.name} on [{lo}, {hi}): max {worst:.3f} ulp (2^-149 units where subnormal)")
     if json_path:
         with open(json_path, "w") as fh:
             json.dump([asdict(r) for r in reports], fh, indent=1)

@@ -1,0 +1,231 @@
+"""Run a program over token positions: KV caches, batching, sampling, and the trace.
+
+Rows — (sequence, position) pairs — are evaluated together node by node: a prefill evaluates all
+prompt positions of all sequences at once, a decode step one position per sequence. Every row's
+outputs are what token-at-a-time execution of that sequence alone would give, bit for bit (the
+tests check it), because each node's output element is a fixed function of its inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refute.engine import merkle
+from refute.engine.backend import Backend, ReferenceBackend, Row
+from refute.engine.ir import Op, Src
+from refute.engine.model import Model
+from refute.engine.trace import Trace, prompt_root
+from refute.errors import ExecutionError
+from refute.kernels.reference import F32
+
+U32_MAX = 2**32
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 0.0
+    seed: int = 0
+
+    @property
+    def positions(self) -> int:
+        """Positions executed: every prompt token, then every generated token but the last."""
+        return len(self.prompt) + self.max_new_tokens - 1
+
+
+class Cache:
+    """One sequence's KV cache of one CACHE_APPEND node, with its incremental commitment."""
+
+    def __init__(self, row_size: int) -> None:
+        self.row_size = row_size
+        self.data = np.empty(0, dtype=F32)
+        self.rows = 0
+        self.commitment = merkle.GrowingTensor()
+
+    def append(self, row: np.ndarray) -> np.ndarray:
+        need = (self.rows + 1) * self.row_size
+        if need > self.data.size:
+            grown = np.empty(max(need, 2 * self.data.size), dtype=F32)
+            grown[: self.data.size] = self.data
+            self.data = grown
+        self.data[self.rows * self.row_size : need] = row
+        self.rows += 1
+        self.commitment.extend(row)
+        return self.data[:need]
+
+    def prefix(self, rows: int) -> np.ndarray:
+        return self.data[: rows * self.row_size]
+
+
+@dataclass
+class Generation:
+    """One request's execution: its tokens, caches and trace."""
+
+    request: Request
+    tokens: list[int]  # prompt followed by generated tokens
+    trace: Trace
+    caches: dict[int, Cache] = field(default_factory=dict)
+    captured: dict[int, list[np.ndarray]] = field(default_factory=dict)  # node -> per position
+
+    @property
+    def output_tokens(self) -> list[int]:
+        return self.tokens[len(self.request.prompt) :]
+
+    @property
+    def done(self) -> bool:
+        return len(self.output_tokens) >= self.request.max_new_tokens
+
+    @property
+    def next_position(self) -> int:
+        return len(self.tokens) - 1 if len(self.tokens) > len(self.request.prompt) else 0
+
+
+class Executor:
+    def __init__(
+        self,
+        model: Model,
+        backend: Backend | None = None,
+        record: bool = True,
+        capture: tuple[int, ...] = (),
+    ) -> None:
+        self.model = model
+        self.program = model.program
+        self.backend = backend or ReferenceBackend()
+        self.record = record
+        self.capture = capture
+        self._flat_weights = [w.reshape(-1) for w in model.weights]
+        self.seconds = {"evaluate": 0.0, "commit": 0.0}  # accumulated wall time, for reports
+
+    # --- public ------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        requests: list[Request],
+        prefill: bool = True,
+        on_position: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        """Run every request to its max_new_tokens; `on_position(n)` reports n rows done."""
+        gens = [self._start(r) for r in requests]
+        if prefill:
+            rows = [(g, t) for g in gens for t in range(len(g.request.prompt))]
+            self._run_rows(rows)
+            if on_position:
+                on_position(len(rows))
+        while True:
+            rows = [(g, g.trace.positions) for g in gens if not g.done]
+            if not rows:
+                return gens
+            self._run_rows(rows)
+            if on_position:
+                on_position(len(rows))
+
+    def recompute(self, gen: Generation, position: int) -> list[np.ndarray]:
+        """Every node's output at `position`, recomputed from the token and the cache prefixes
+        (the prover keeps roots, not tensors: this is how it opens any record on demand)."""
+        if not 0 <= position < gen.trace.positions:
+            raise ExecutionError(f"position {position} was not executed")
+        shadow = Generation(gen.request, gen.tokens[: position + 1], Trace(len(self.program.nodes)))
+        for node_id, cache in gen.caches.items():
+            c = Cache(cache.row_size)
+            for r in range(position):
+                c.append(cache.prefix(r + 1)[r * cache.row_size :])
+            shadow.caches[node_id] = c
+        outputs, _ = self._evaluate([(shadow, position)], record=False)
+        return outputs[0]
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _start(self, request: Request) -> Generation:
+        p = self.program
+        if not request.prompt:
+            raise ExecutionError("the prompt must hold at least one token")
+        if request.max_new_tokens < 1:
+            raise ExecutionError("max_new_tokens must be at least 1")
+        bad = [t for t in request.prompt if not 0 <= t < p.vocab_size]
+        if bad:
+            raise ExecutionError(
+                f"prompt tokens {bad[:5]} outside the vocabulary [0, {p.vocab_size})"
+            )
+        if request.positions > p.max_positions:
+            raise ExecutionError(
+                f"{request.positions} positions exceed the model's {p.max_positions}"
+            )
+        if not 0 <= request.seed < 2**256:
+            raise ExecutionError("seed must be a uint256")
+        if not (np.isfinite(request.temperature) and request.temperature >= 0):
+            raise ExecutionError("temperature must be finite and >= 0")
+        gen = Generation(request, list(request.prompt), Trace(len(p.nodes)))
+        for node_id, node in enumerate(p.nodes):
+            if node.op == Op.CACHE_APPEND:
+                gen.caches[node_id] = Cache(int(np.prod(node.shape[1:])))
+        return gen
+
+    def _run_rows(self, rows: list[tuple[Generation, int]]) -> None:
+        outputs, roots = self._evaluate(rows, record=self.record)
+        for (gen, t), outs, row_roots in zip(rows, outputs, roots, strict=True):
+            if t != gen.trace.positions:
+                raise ExecutionError("positions of a sequence must run in order")
+            gen.trace.add_position(row_roots if self.record else [merkle.EMPTY] * len(outs))
+            for node_id in self.capture:
+                gen.captured.setdefault(node_id, []).append(outs[node_id].copy())
+            if t >= len(gen.request.prompt) - 1 and not gen.done:
+                gen.tokens.append(int(outs[self.program.token_node][0]))
+
+    def _evaluate(
+        self, rows: list[tuple[Generation, int]], record: bool
+    ) -> tuple[list[list[np.ndarray]], list[list[bytes]]]:
+        program = self.program
+        n = len(program.nodes)
+        outs: list[list[np.ndarray]] = [[None] * n for _ in rows]  # type: ignore[list-item]
+        roots: list[list[bytes]] = [[merkle.EMPTY] * n for _ in rows]
+        for node_id, node in enumerate(program.nodes):
+            start = time.perf_counter()
+            inputs = [self._row_inputs(node, gen, t, outs[i]) for i, (gen, t) in enumerate(rows)]
+            results = self.backend.evaluate(program, node, inputs)
+            middle = time.perf_counter()
+            for i, ((gen, t), result) in enumerate(zip(rows, results, strict=True)):
+                if node.op == Op.CACHE_APPEND:
+                    cache = gen.caches[node_id]
+                    if cache.rows != t:
+                        raise ExecutionError("cache rows out of step with positions")
+                    outs[i][node_id] = cache.append(result)
+                    if record:
+                        roots[i][node_id] = cache.commitment.root()
+                    continue
+                outs[i][node_id] = result
+                if record:
+                    roots[i][node_id] = merkle.tensor_root(result)
+            end = time.perf_counter()
+            self.seconds["evaluate"] += middle - start
+            self.seconds["commit"] += end - middle
+        return outs, roots
+
+    def _row_inputs(self, node, gen: Generation, t: int, outs: list[np.ndarray]) -> Row:
+        sources = []
+        for op in node.operands:
+            if op.src == Src.NODE:
+                sources.append(outs[op.index])
+            elif op.src == Src.WEIGHT:
+                sources.append(self._flat_weights[op.index])
+            else:
+                sources.append(np.array([op.index], dtype=np.uint32).view(F32))
+        r = gen.request
+        return Row(t, gen.tokens[t], sources, r.temperature, r.seed)
+
+
+def summary(gen: Generation, model: Model) -> dict:
+    """The roots and tokens a claim about this generation commits to."""
+    return {
+        "model_root": model.root,
+        "weights_root": model.weights_root,
+        "program_root": model.program_root,
+        "prompt_root": prompt_root(list(gen.request.prompt)),
+        "trace_root": gen.trace.root(),
+        "records": gen.trace.num_records,
+        "tokens": gen.output_tokens,
+    }

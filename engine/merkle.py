@@ -1,0 +1,274 @@
+"""Merkle commitments (docs/commitments.md): tensor roots, list roots, proofs, incremental trees.
+
+Everything is sha256 — hashlib is fast in Python and the EVM has it as a precompile — with a
+one-byte domain tag in front of every hashed message, so that a leaf can never pass for an inner
+node, nor a tensor root for a list root. Trees are complete binary trees over a power-of-two
+number of leaves, the missing leaves being the all-zero `EMPTY` hash; the number of real
+elements is bound into every root, and a proof's length is fixed by that number, so paths can
+neither be truncated nor extended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from refute.errors import CommitmentError
+from refute.kernels.reference import CANONICAL_NAN_BITS
+
+CHUNK_BYTES = 4096
+"""Tensor leaves cover 4 KiB of the little-endian encoding (1024 float32 values)."""
+
+TAG_LEAF = b"\x00"
+TAG_NODE = b"\x01"
+TAG_TENSOR = b"\x02"
+TAG_LIST = b"\x03"
+
+EMPTY = bytes(32)
+
+DTYPE_F32 = 0
+DTYPE_U32 = 1
+_DTYPES = {DTYPE_F32: np.dtype("<f4"), DTYPE_U32: np.dtype("<u4")}
+
+
+def sha256(*parts: bytes) -> bytes:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def _zero_hashes(levels: int = 64) -> list[bytes]:
+    z = [EMPTY]
+    for _ in range(levels):
+        z.append(sha256(TAG_NODE, z[-1], z[-1]))
+    return z
+
+
+ZERO = _zero_hashes()
+"""ZERO[h]: root of a subtree of height h made only of EMPTY leaves."""
+
+
+def depth_for(count: int) -> int:
+    """Height of the tree holding `count` leaves: ceil(log2(count)), 0 for 0 or 1 leaf."""
+    return max(0, (count - 1).bit_length())
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return sha256(TAG_NODE, left, right)
+
+
+def tree_root(leaves: list[bytes]) -> bytes:
+    """Root of the complete tree over `leaves`, padded with EMPTY to a power of two."""
+    if not leaves:
+        return EMPTY
+    level = list(leaves)
+    height = 0
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(ZERO[height])
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+        height += 1
+    return level[0]
+
+
+def tree_proof(leaves: list[bytes], index: int) -> list[bytes]:
+    """Sibling hashes from the leaf up to (not including) the root, `depth_for(len)` of them."""
+    if not 0 <= index < len(leaves):
+        raise CommitmentError(f"leaf index {index} outside [0, {len(leaves)})")
+    proof = []
+    level = list(leaves)
+    for height in range(depth_for(len(leaves))):
+        if len(level) % 2:
+            level.append(ZERO[height])
+        proof.append(level[index ^ 1])
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+        index //= 2
+    return proof
+
+
+def root_from_proof(leaf: bytes, index: int, proof: list[bytes]) -> bytes:
+    """Climb from a leaf: the bits of `index` say, level by level, on which side it sits."""
+    h = leaf
+    for sibling in proof:
+        h = node_hash(sibling, h) if index & 1 else node_hash(h, sibling)
+        index >>= 1
+    if index:
+        raise CommitmentError("index has more bits than the proof has levels")
+    return h
+
+
+# --- lists of 32-byte items (weights, program nodes, trace records) -----------------------------
+
+
+def list_root(items: list[bytes]) -> bytes:
+    """Commitment to a sequence of 32-byte leaves: H(0x03 || count || tree root)."""
+    return sha256(TAG_LIST, len(items).to_bytes(8, "big"), tree_root(items))
+
+
+def verify_list_item(root: bytes, count: int, index: int, item: bytes, proof: list[bytes]) -> bool:
+    if not 0 <= index < count or len(proof) != depth_for(count):
+        return False
+    tree = root_from_proof(item, index, proof)
+    return sha256(TAG_LIST, count.to_bytes(8, "big"), tree) == root
+
+
+# --- tensors --------------------------------------------------------------------------------------
+
+
+def encode(values: np.ndarray) -> tuple[int, bytes]:
+    """(dtype code, canonical little-endian bytes): float32 with every NaN canonical, or uint32."""
+    arr = np.asarray(values)
+    if arr.dtype == np.float32:
+        bits = arr.reshape(-1).view(np.uint32)
+        bits = np.where(np.isnan(arr.reshape(-1)), np.uint32(CANONICAL_NAN_BITS), bits)
+        return DTYPE_F32, bits.astype("<u4").tobytes()
+    if arr.dtype.kind in "ui":
+        if arr.size and (arr.min() < 0 or arr.max() >= 2**32):
+            raise CommitmentError("integer tensors must hold uint32 values")
+        return DTYPE_U32, arr.reshape(-1).astype("<u4").tobytes()
+    raise CommitmentError(f"cannot commit a tensor of dtype {arr.dtype}; use float32 or uint32")
+
+
+def chunk_leaves(data: bytes) -> list[bytes]:
+    """sha256(0x00 || chunk) of each CHUNK_BYTES piece, the last one zero-padded."""
+    leaves = []
+    view = memoryview(data)
+    for lo in range(0, len(data), CHUNK_BYTES):
+        piece = view[lo : lo + CHUNK_BYTES]
+        h = hashlib.sha256(TAG_LEAF)
+        h.update(piece)
+        if len(piece) < CHUNK_BYTES:
+            h.update(bytes(CHUNK_BYTES - len(piece)))
+        leaves.append(h.digest())
+    return leaves
+
+
+def bind_tensor(dtype: int, length: int, tree: bytes) -> bytes:
+    return sha256(TAG_TENSOR, bytes([dtype]), length.to_bytes(8, "big"), tree)
+
+
+def tensor_root(values: np.ndarray) -> bytes:
+    """Root of a tensor: H(0x02 || dtype || element count || tree over its 4 KiB chunks)."""
+    dtype, data = encode(values)
+    return bind_tensor(dtype, len(data) // 4, tree_root(chunk_leaves(data)))
+
+
+@dataclass(frozen=True)
+class ElementProof:
+    """Opens element `index` of a committed tensor: its whole chunk and the chunk's path."""
+
+    dtype: int
+    length: int  # elements in the tensor
+    index: int
+    chunk: bytes  # CHUNK_BYTES bytes, zero-padded for the last chunk
+    siblings: tuple[bytes, ...]
+
+    @property
+    def value_bits(self) -> int:
+        offset = (self.index * 4) % CHUNK_BYTES
+        return int.from_bytes(self.chunk[offset : offset + 4], "little")
+
+    def value(self) -> np.float32 | int:
+        bits = np.array([self.value_bits], dtype=np.uint32)
+        return bits.view(np.float32)[0] if self.dtype == DTYPE_F32 else int(bits[0])
+
+
+def prove_element(values: np.ndarray, index: int) -> ElementProof:
+    dtype, data = encode(values)
+    length = len(data) // 4
+    if not 0 <= index < length:
+        raise CommitmentError(f"element {index} outside a tensor of {length} elements")
+    leaves = chunk_leaves(data)
+    c = index * 4 // CHUNK_BYTES
+    chunk = data[c * CHUNK_BYTES : (c + 1) * CHUNK_BYTES]
+    chunk += bytes(CHUNK_BYTES - len(chunk))
+    return ElementProof(dtype, length, index, chunk, tuple(tree_proof(leaves, c)))
+
+
+def verify_element(root: bytes, proof: ElementProof) -> bool:
+    """True iff `proof` opens element proof.index of the tensor committed by `root`."""
+    if not 0 <= proof.index < proof.length or len(proof.chunk) != CHUNK_BYTES:
+        return False
+    chunks = -(-proof.length * 4 // CHUNK_BYTES)
+    if len(proof.siblings) != depth_for(chunks):
+        return False
+    c = proof.index * 4 // CHUNK_BYTES
+    tail = proof.length * 4 - c * CHUNK_BYTES
+    if tail < CHUNK_BYTES and any(proof.chunk[tail:]):
+        return False  # padding of the last chunk must be zero
+    leaf = sha256(TAG_LEAF, proof.chunk)
+    tree = root_from_proof(leaf, c, list(proof.siblings))
+    return bind_tensor(proof.dtype, proof.length, tree) == root
+
+
+class IncrementalTree:
+    """Append-only tree with O(log n) hashing per appended leaf (the frontier of full subtrees).
+
+    Its root at any size equals `tree_root` of the leaves appended so far.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.frontier: list[bytes | None] = []  # frontier[h]: a full left subtree of height h
+
+    def append(self, leaf: bytes) -> None:
+        h, node, n = 0, leaf, self.count
+        while n & 1:
+            node = node_hash(self.frontier[h], node)
+            self.frontier[h] = None
+            n >>= 1
+            h += 1
+        if h == len(self.frontier):
+            self.frontier.append(None)
+        self.frontier[h] = node
+        self.count += 1
+
+    def root(self, extra: bytes | None = None) -> bytes:
+        """Root of the leaves so far, plus `extra` as one more (not stored) leaf if given."""
+        count = self.count + (extra is not None)
+        if count == 0:
+            return EMPTY
+        depth = depth_for(count)
+        if extra is None and count == 1 << depth:
+            return self.frontier[depth]  # a full tree: one frontier subtree is all of it
+        node, n = (extra if extra is not None else EMPTY), self.count
+        have_right = extra is not None
+        for h in range(depth):
+            if n & 1:
+                node = node_hash(self.frontier[h], node)
+            else:
+                node = node_hash(node, ZERO[h]) if have_right else ZERO[h + 1]
+            have_right = have_right or bool(n & 1)
+            n >>= 1
+        return node
+
+
+class GrowingTensor:
+    """A tensor that only grows at its end (a KV cache), committed in O(new bytes + log n).
+
+    Full chunks go into an IncrementalTree; the bytes of the partial last chunk wait in `tail`.
+    """
+
+    def __init__(self, dtype: int = DTYPE_F32) -> None:
+        self.dtype = dtype
+        self.tree = IncrementalTree()
+        self.tail = b""
+        self.length = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        dtype, data = encode(values)
+        if dtype != self.dtype:
+            raise CommitmentError("a growing tensor keeps one dtype")
+        self.length += len(data) // 4
+        data = self.tail + data
+        full = len(data) - len(data) % CHUNK_BYTES
+        for leaf in chunk_leaves(data[:full]):
+            self.tree.append(leaf)
+        self.tail = data[full:]
+
+    def root(self) -> bytes:
+        extra = chunk_leaves(self.tail)[0] if self.tail else None
+        return bind_tensor(self.dtype, self.length, self.tree.root(extra))

@@ -1,0 +1,82 @@
+"""A model: config, program and weights, and the roots that commit to them (docs/commitments.md).
+
+model root = sha256(0x12 || spec version || weights root || program root || config hash), where
+the weights root lists sha256(0x11 || abi.encode(name, shape) || tensor root) for every weight in
+program order, and the config hash is sha256 of the config's canonical JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from eth_abi import encode as abi_encode
+
+from refute.engine import merkle
+from refute.engine.ir import Program
+from refute.engine.models import Config, config_dict
+from refute.kernels.reference import SPEC_VERSION, canonicalize
+
+
+def weight_leaf(name: str, shape: tuple[int, ...], root: bytes) -> bytes:
+    return merkle.sha256(b"\x11", abi_encode(["string", "uint64[]"], [name, list(shape)]), root)
+
+
+@dataclass
+class Model:
+    name: str
+    config: Config
+    program: Program
+    weights: list[np.ndarray]
+    tokenizer: Any = None  # a `tokenizers.Tokenizer` when the checkpoint ships one
+    _tensor_roots: list[bytes] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # committed data holds only the canonical NaN
+        self.weights = [np.ascontiguousarray(canonicalize(w)) for w in self.weights]
+
+    @property
+    def config_json(self) -> str:
+        return json.dumps(config_dict(self.config), sort_keys=True, separators=(",", ":"))
+
+    @cached_property
+    def config_hash(self) -> bytes:
+        return merkle.sha256(self.config_json.encode())
+
+    @property
+    def tensor_roots(self) -> list[bytes]:
+        if self._tensor_roots is None:
+            self._tensor_roots = [merkle.tensor_root(w) for w in self.weights]
+        return self._tensor_roots
+
+    @cached_property
+    def weight_leaves(self) -> list[bytes]:
+        return [
+            weight_leaf(spec.name, spec.shape, root)
+            for spec, root in zip(self.program.weights, self.tensor_roots, strict=True)
+        ]
+
+    @cached_property
+    def weights_root(self) -> bytes:
+        return merkle.list_root(self.weight_leaves)
+
+    @cached_property
+    def program_root(self) -> bytes:
+        return self.program.root()
+
+    @cached_property
+    def root(self) -> bytes:
+        return merkle.sha256(
+            b"\x12",
+            SPEC_VERSION.to_bytes(4, "big"),
+            self.weights_root,
+            self.program_root,
+            self.config_hash,
+        )
+
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(w.size for w in self.weights))
