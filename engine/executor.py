@@ -80,10 +80,6 @@ class Generation:
     def done(self) -> bool:
         return len(self.output_tokens) >= self.request.max_new_tokens
 
-    @property
-    def next_position(self) -> int:
-        return len(self.tokens) - 1 if len(self.tokens) > len(self.request.prompt) else 0
-
 
 class Executor:
     def __init__(
@@ -92,12 +88,16 @@ class Executor:
         backend: Backend | None = None,
         record: bool = True,
         capture: tuple[int, ...] = (),
+        tamper: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
     ) -> None:
+        """`tamper(position, node_id, output)` may replace an output before it is committed
+        and used: it simulates a cheating prover in tests and in the demo."""
         self.model = model
         self.program = model.program
         self.backend = backend or ReferenceBackend()
         self.record = record
         self.capture = capture
+        self.tamper = tamper
         self._flat_weights = [w.reshape(-1) for w in model.weights]
         self.seconds = {"evaluate": 0.0, "commit": 0.0}  # accumulated wall time, for reports
 
@@ -174,7 +174,10 @@ class Executor:
             for node_id in self.capture:
                 gen.captured.setdefault(node_id, []).append(outs[node_id].copy())
             if t >= len(gen.request.prompt) - 1 and not gen.done:
-                gen.tokens.append(int(outs[self.program.token_node][0]))
+                token = int(outs[self.program.token_node][0])
+                if not 0 <= token < self.program.vocab_size:
+                    raise ExecutionError(f"sampled token {token} outside the vocabulary")
+                gen.tokens.append(token)
 
     def _evaluate(
         self, rows: list[tuple[Generation, int]], record: bool
@@ -189,6 +192,8 @@ class Executor:
             results = self.backend.evaluate(program, node, inputs)
             middle = time.perf_counter()
             for i, ((gen, t), result) in enumerate(zip(rows, results, strict=True)):
+                if self.tamper is not None:
+                    result = self.tamper(t, node_id, result)
                 if node.op == Op.CACHE_APPEND:
                     cache = gen.caches[node_id]
                     if cache.rows != t:

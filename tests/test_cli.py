@@ -1,0 +1,62 @@
+"""The command line: JSON for scripts, readable errors for people."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from refute.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_run_json_has_tokens_and_roots() -> None:
+    result = invoke(
+        "run", "--model", "tiny-gpt2", "--prompt-tokens", "1,2,3", "--max-new-tokens", "4", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert len(out["tokens"]) == 4
+    for key in ("trace_root", "model_root", "program_root", "weights_root", "prompt_root"):
+        assert out[key].startswith("0x") and len(out[key]) == 66
+    assert out["records"] == 95 * 6
+    assert out["timings"]["generate_s"] > 0
+
+
+def test_run_is_deterministic_and_sampling_depends_on_seed() -> None:
+    args = [
+        "run",
+        "--prompt-tokens",
+        "7,7",
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "1",
+        "--json",
+    ]
+    a, b = (json.loads(invoke(*args, "--seed", "5").output) for _ in range(2))
+    c = json.loads(invoke(*args, "--seed", "6").output)
+    assert a["trace_root"] == b["trace_root"] and a["tokens"] == b["tokens"]
+    assert a["trace_root"] != c["trace_root"]
+
+
+def test_run_errors_are_clear() -> None:
+    bad_token = invoke("run", "--prompt-tokens", "1,99999")
+    assert bad_token.exit_code != 0 and "outside the vocabulary" in bad_token.output
+    unknown = invoke("run", "--model", "no-such-model")
+    assert unknown.exit_code != 0 and "neither a built-in model" in unknown.output
+    garbled = invoke("run", "--prompt-tokens", "1,x")
+    assert garbled.exit_code != 0 and "comma-separated" in garbled.output
+    no_tokenizer = invoke("run", "--prompt", "hello")
+    assert no_tokenizer.exit_code != 0 and "no tokenizer" in no_tokenizer.output
+
+
+def test_conformance_json_reports_all_match() -> None:
+    result = invoke("conformance", "--json", "--stride", "1000003")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["ok"] and out["spec_version"] == 1
+    assert all(r["passed"] == r["cases"] for r in out["results"].values())
