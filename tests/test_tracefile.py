@@ -39,7 +39,7 @@ def test_truncated_file_is_reported(written, tmp_path: Path) -> None:
     for cut in (len(data) - 1, len(data) // 2, 10):
         bad = tmp_path / f"cut{cut}.msgpack"
         bad.write_bytes(data[:cut])
-        with pytest.raises(TraceFileError, match="truncated|not a refute|corrupt"):
+        with pytest.raises(TraceFileError, match=r"truncated|not a refute|corrupt"):
             tracefile.read(bad)
 
 
@@ -60,7 +60,7 @@ def test_corruption_is_reported(written, tmp_path: Path) -> None:
 
 
 def test_verify_trace_confirms_and_names_the_first_bad_record(written, tmp_path: Path) -> None:
-    path, model, gen = written
+    path, model, _ = written
     runner = CliRunner()
     ok = runner.invoke(main, ["verify-trace", str(path)])
     assert ok.exit_code == 0, ok.output
