@@ -4,6 +4,8 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["tests.chain_fixtures"]
+
 settings.register_profile(
     "ci",
     max_examples=60,
