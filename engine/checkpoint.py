@@ -148,6 +148,35 @@ def config_from_hf(hf: dict) -> LlamaConfig | GPT2Config:
     raise ModelLoadError(f"unsupported model_type {kind!r} (supported: llama, mistral, gpt2)")
 
 
+# Options of the Hugging Face configs that change the computation but that the programs of
+# models.py do not implement: a checkpoint using them is refused rather than silently run with
+# the default behaviour (each was measured to change the logits). (key, default, supported values)
+_UNSUPPORTED_OPTIONS = {
+    "llama": (
+        ("attention_bias", False, (False,)),
+        ("mlp_bias", False, (False,)),
+        ("hidden_act", "silu", ("silu", "swish")),
+    ),
+    "gpt2": (
+        ("activation_function", "gelu_new", ("gelu_new", "gelu_pytorch_tanh")),
+        ("scale_attn_weights", True, (True,)),
+        ("scale_attn_by_inverse_layer_idx", False, (False,)),
+        ("tie_word_embeddings", True, (True,)),
+    ),
+}
+_UNSUPPORTED_OPTIONS["mistral"] = _UNSUPPORTED_OPTIONS["llama"]
+
+
+def _check_options(hf: dict) -> None:
+    for key, default, supported in _UNSUPPORTED_OPTIONS.get(hf.get("model_type"), ()):
+        value = hf.get(key, default)
+        if value not in supported:
+            raise ModelLoadError(
+                f"config.json sets {key}={value!r}, which refute does not implement "
+                f"(supported: {', '.join(map(repr, supported))})"
+            )
+
+
 def _check_rope(hf: dict) -> None:
     scaling = hf.get("rope_scaling") or {}
     rope_type = (
@@ -199,6 +228,7 @@ def load_checkpoint(directory: Path) -> Model:
     hf = json.loads(config_file.read_text())
     _check_rope(hf)
     config = config_from_hf(hf)
+    _check_options(hf)
     weights = read_safetensors(directory)
     if (
         isinstance(config, LlamaConfig)
