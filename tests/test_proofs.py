@@ -23,7 +23,7 @@ def run():
 @settings(max_examples=25)
 @given(data=st.data())
 def test_element_of_a_record_opens_against_the_trace_root(run, data) -> None:
-    model, executor, gen = run
+    _, executor, gen = run
     trace = gen.trace
     t = data.draw(st.integers(0, trace.positions - 1))
     n = data.draw(st.integers(0, trace.nodes_per_position - 1))
@@ -41,8 +41,9 @@ def test_element_of_a_record_opens_against_the_trace_root(run, data) -> None:
     assert not verify_record(*args, t, other, root, proof) or trace.roots[t][other] == root
     assert not verify_record(*args, t, n, bytes(32), proof)
     assert not verify_record(*args, (t + 1) % trace.positions, n, root, proof)
-    assert not verify_record(trace.root(), trace.num_records + 1, trace.nodes_per_position, t, n,
-                             root, proof)
+    assert not verify_record(
+        trace.root(), trace.num_records + 1, trace.nodes_per_position, t, n, root, proof
+    )
 
 
 def test_weight_elements_open_against_the_model_root(run) -> None:
