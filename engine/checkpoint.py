@@ -127,7 +127,11 @@ def config_from_hf(hf: dict) -> LlamaConfig | GPT2Config:
                 num_heads=heads,
                 num_kv_heads=hf.get("num_key_value_heads") or heads,
                 head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-                max_positions=hf["max_position_embeddings"],
+                # sliding-window attention equals full attention up to the window: run that far
+                max_positions=min(
+                    hf["max_position_embeddings"],
+                    hf.get("sliding_window") or hf["max_position_embeddings"],
+                ),
                 rms_eps=hf.get("rms_norm_eps", 1e-6),
                 rope_theta=hf.get("rope_theta")
                 or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0),

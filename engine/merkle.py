@@ -11,6 +11,8 @@ neither be truncated nor extended.
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,32 +120,57 @@ def verify_list_item(root: bytes, count: int, index: int, item: bytes, proof: li
 # --- tensors --------------------------------------------------------------------------------------
 
 
-def encode(values: np.ndarray) -> tuple[int, bytes]:
-    """(dtype code, canonical little-endian bytes): float32 with every NaN canonical, or uint32."""
+def encode(values: np.ndarray) -> tuple[int, memoryview]:
+    """(dtype code, canonical little-endian bytes): float32 with every NaN canonical, or uint32.
+
+    Returns a view of `values` itself when no conversion is needed (no copy for weights)."""
     arr = np.asarray(values)
     if arr.dtype == np.float32:
-        bits = arr.reshape(-1).view(np.uint32)
-        bits = np.where(np.isnan(arr.reshape(-1)), np.uint32(CANONICAL_NAN_BITS), bits)
-        return DTYPE_F32, bits.astype("<u4").tobytes()
+        flat = np.ascontiguousarray(arr.reshape(-1), dtype="<f4")
+        if np.isnan(flat).any():
+            bits = flat.view(np.uint32)
+            flat = np.where(np.isnan(flat), np.uint32(CANONICAL_NAN_BITS), bits).astype("<u4")
+        return DTYPE_F32, memoryview(flat).cast("B")
     if arr.dtype.kind in "ui":
         if arr.size and (arr.min() < 0 or arr.max() >= 2**32):
             raise CommitmentError("integer tensors must hold uint32 values")
-        return DTYPE_U32, arr.reshape(-1).astype("<u4").tobytes()
+        flat = np.ascontiguousarray(arr.reshape(-1), dtype="<u4")
+        return DTYPE_U32, memoryview(flat).cast("B")
     raise CommitmentError(f"cannot commit a tensor of dtype {arr.dtype}; use float32 or uint32")
 
 
-def chunk_leaves(data: bytes) -> list[bytes]:
-    """sha256(0x00 || chunk) of each CHUNK_BYTES piece, the last one zero-padded."""
-    leaves = []
+_PARALLEL_BYTES = 8 << 20  # tensors above this hash their chunks on several threads
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _leaf(piece: memoryview | bytes) -> bytes:
+    h = hashlib.sha256(TAG_LEAF)
+    h.update(piece)
+    if len(piece) < CHUNK_BYTES:
+        h.update(bytes(CHUNK_BYTES - len(piece)))
+    return h.digest()
+
+
+def _leaves_serial(view: memoryview, lo: int, hi: int) -> list[bytes]:
+    return [_leaf(view[i : i + CHUNK_BYTES]) for i in range(lo, hi, CHUNK_BYTES)]
+
+
+def chunk_leaves(data: bytes | memoryview) -> list[bytes]:
+    """sha256(0x00 || chunk) of each CHUNK_BYTES piece, the last one zero-padded.
+
+    hashlib releases the GIL on 4 KiB updates, so big tensors (weights) are hashed by one
+    thread per core; the leaves are the same either way."""
+    global _POOL
     view = memoryview(data)
-    for lo in range(0, len(data), CHUNK_BYTES):
-        piece = view[lo : lo + CHUNK_BYTES]
-        h = hashlib.sha256(TAG_LEAF)
-        h.update(piece)
-        if len(piece) < CHUNK_BYTES:
-            h.update(bytes(CHUNK_BYTES - len(piece)))
-        leaves.append(h.digest())
-    return leaves
+    n = len(view)
+    workers = os.cpu_count() or 1
+    if n < _PARALLEL_BYTES or workers == 1:
+        return _leaves_serial(view, 0, n)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refute-hash")
+    step = -(-n // (workers * CHUNK_BYTES)) * CHUNK_BYTES
+    parts = _POOL.map(lambda lo: _leaves_serial(view, lo, min(lo + step, n)), range(0, n, step))
+    return [leaf for part in parts for leaf in part]
 
 
 def bind_tensor(dtype: int, length: int, tree: bytes) -> bytes:
@@ -153,7 +180,8 @@ def bind_tensor(dtype: int, length: int, tree: bytes) -> bytes:
 def tensor_root(values: np.ndarray) -> bytes:
     """Root of a tensor: H(0x02 || dtype || element count || tree over its 4 KiB chunks)."""
     dtype, data = encode(values)
-    return bind_tensor(dtype, len(data) // 4, tree_root(chunk_leaves(data)))
+    tree = _leaf(data) if 0 < len(data) <= CHUNK_BYTES else tree_root(chunk_leaves(data))
+    return bind_tensor(dtype, len(data) // 4, tree)
 
 
 @dataclass(frozen=True)
@@ -183,7 +211,7 @@ def prove_element(values: np.ndarray, index: int) -> ElementProof:
         raise CommitmentError(f"element {index} outside a tensor of {length} elements")
     leaves = chunk_leaves(data)
     c = index * 4 // CHUNK_BYTES
-    chunk = data[c * CHUNK_BYTES : (c + 1) * CHUNK_BYTES]
+    chunk = bytes(data[c * CHUNK_BYTES : (c + 1) * CHUNK_BYTES])
     chunk += bytes(CHUNK_BYTES - len(chunk))
     return ElementProof(dtype, length, index, chunk, tuple(tree_proof(leaves, c)))
 
@@ -263,7 +291,7 @@ class GrowingTensor:
         if dtype != self.dtype:
             raise CommitmentError("a growing tensor keeps one dtype")
         self.length += len(data) // 4
-        data = self.tail + data
+        data = self.tail + bytes(data)
         full = len(data) - len(data) % CHUNK_BYTES
         for leaf in chunk_leaves(data[:full]):
             self.tree.append(leaf)

@@ -1,0 +1,262 @@
+"""Engine throughput: refute's reference backend next to torch on the same weights, commitment
+overhead, and weights-commitment throughput — every ratio measured in one run.
+
+    python bench/engine.py [--quick] [--new-tokens 16] [--big-new-tokens 8]
+
+For each model (the built-in tiny-llama, and unless --quick a ~100M-parameter random Llama) it
+prints:
+
+- decode tokens/s of refute's reference backend (greedy, trace recorded, one sequence) and of
+  torch's fp32 eager forward (`LlamaForCausalLM`, `attn_implementation="eager"`, KV cache) run on
+  the *same* weights — refute's random weights copied into the transformers model — and their
+  ratio (torch: best of --repeats runs; refute: one run). torch runs on one thread by default
+  (--threads), like the numpy reference; on a loaded machine more OpenMP threads than free cores
+  make torch much slower, not faster. Decode is timed from the end of the prompt's prefill to
+  the last token: the first new token comes out of the prefill, each further one costs one
+  decode step.
+- commitment overhead: `Executor.seconds["commit"]` (hashing every node output of every
+  position) over `Executor.seconds["evaluate"]` (computing them), both accumulated over the run.
+- weights commitment throughput: the model's weights root computed from scratch (every tensor's
+  Merkle root, its leaf, the list root) over the weights' float32 bytes, best of --repeats.
+
+Targets: commitment overhead <= 25% of inference, weights commitment >= 0.5 GB/s. PASS/FAIL is
+printed next to each; the exit status does not depend on them. Needs torch and transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import LlamaConfig as HFLlamaConfig
+from transformers import LlamaForCausalLM
+
+from refute.engine import merkle
+from refute.engine.checkpoint import build, builtin_model, random_weights
+from refute.engine.executor import Executor, Request
+from refute.engine.model import Model
+from refute.engine.models import LlamaConfig
+
+# ~100M parameters: 12 layers of width 768 (12 heads of 64), SwiGLU 1792, vocab 32000, tied
+# embeddings — 102.5M parameters, about 410 MB of float32.
+LLAMA_100M = LlamaConfig(
+    vocab_size=32000,
+    hidden_size=768,
+    intermediate_size=1792,
+    num_layers=12,
+    num_heads=12,
+    num_kv_heads=12,
+    head_dim=64,
+    max_positions=256,
+    tie_embeddings=True,
+)
+
+COMMIT_OVERHEAD_TARGET = 0.25
+WEIGHTS_GBPS_TARGET = 0.5
+
+
+@dataclass
+class Result:
+    name: str
+    params: int
+    prompt: int
+    new_tokens: int
+    refute_tps: float
+    torch_tps: float
+    tokens_agree: bool
+    evaluate_s: float
+    commit_s: float
+    weights_gb: float
+    weights_s: float
+    encode_s: float
+
+    @property
+    def speed_ratio(self) -> float:
+        return self.torch_tps / self.refute_tps
+
+    @property
+    def commit_overhead(self) -> float:
+        return self.commit_s / self.evaluate_s
+
+    @property
+    def weights_gbps(self) -> float:
+        return self.weights_gb / self.weights_s
+
+
+def hf_model(model: Model) -> LlamaForCausalLM:
+    """A transformers Llama holding exactly refute's weights (float32)."""
+    c = model.config
+    config = HFLlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        max_position_embeddings=c.max_positions,
+        rms_norm_eps=c.rms_eps,
+        rope_theta=c.rope_theta,
+        tie_word_embeddings=c.tie_embeddings,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    config._attn_implementation = "eager"
+    hf = LlamaForCausalLM(config)
+    state = {
+        spec.name: torch.from_numpy(w)
+        for spec, w in zip(model.program.weights, model.weights, strict=True)
+        if not spec.name.startswith("rope.")
+    }
+    if c.tie_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    with torch.no_grad():
+        hf.load_state_dict(state, strict=True)
+    return hf.eval()
+
+
+def time_refute(model: Model, prompt: tuple[int, ...], new: int) -> tuple[float, list[int], dict]:
+    ex = Executor(model)  # records the trace: the commitment cost is part of the run
+    marks: list[float] = []
+    (gen,) = ex.generate(
+        [Request(prompt, new)], on_position=lambda _: marks.append(time.perf_counter())
+    )
+    decode_s = marks[-1] - marks[0]  # marks[0]: prefill done, first new token out
+    return (new - 1) / decode_s, gen.output_tokens, dict(ex.seconds)
+
+
+@torch.inference_mode()
+def time_torch(hf: LlamaForCausalLM, prompt: tuple[int, ...], new: int) -> tuple[float, list[int]]:
+    out = hf(torch.tensor([prompt]), use_cache=True)
+    past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+    tokens = [token]
+    start = time.perf_counter()
+    for _ in range(new - 1):
+        out = hf(torch.tensor([[token]]), past_key_values=past, use_cache=True)
+        past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+        tokens.append(token)
+    return (new - 1) / (time.perf_counter() - start), tokens
+
+
+def time_encode(model: Model, repeats: int) -> float:
+    """The part of the weights commitment spent encoding (canonical little-endian bytes)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for w in model.weights:
+            merkle.encode(w)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_weights_root(model: Model, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        model._tensor_roots = None
+        for key in ("weight_leaves", "weights_root", "root"):
+            model.__dict__.pop(key, None)
+        start = time.perf_counter()
+        _ = model.weights_root
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench(name: str, model: Model, prompt_len: int, new: int, repeats: int) -> Result:
+    print(f"\n{name}: {model.num_parameters / 1e6:.2f}M parameters", flush=True)
+    prompt = tuple(int(t) for t in np.arange(1, prompt_len + 1) * 7 % model.config.vocab_size)
+    weights_s = time_weights_root(model, repeats)
+    weights_gb = sum(w.nbytes for w in model.weights) / 1e9
+    hf = hf_model(model)
+    time_torch(hf, prompt, 2)  # warm-up: first calls allocate and dispatch slowly
+    runs = [time_torch(hf, prompt, new) for _ in range(repeats)]  # best of: the machine is shared
+    torch_tps, torch_tokens = max(runs)
+    del hf
+    refute_tps, tokens, seconds = time_refute(model, prompt, new)
+    return Result(
+        name,
+        model.num_parameters,
+        prompt_len,
+        new,
+        refute_tps,
+        torch_tps,
+        tokens == torch_tokens,
+        seconds["evaluate"],
+        seconds["commit"],
+        weights_gb,
+        weights_s,
+        time_encode(model, repeats),
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def report(results: list[Result]) -> None:
+    print(
+        f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, numpy {np.__version__}"
+    )
+    head = (
+        f"{'model':<11} {'params':>7} {'prompt+new':>10} {'refute tok/s':>12} "
+        f"{'torch tok/s':>11} {'torch/refute':>12} {'same tokens':>11} "
+        f"{'commit/infer':>17} {'weights GB/s':>17}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        overhead = (
+            f"{r.commit_overhead:6.1%} {verdict(r.commit_overhead <= COMMIT_OVERHEAD_TARGET)}"
+        )
+        gbps = f"{r.weights_gbps:6.2f} {verdict(r.weights_gbps >= WEIGHTS_GBPS_TARGET)}"
+        print(
+            f"{r.name:<11} {r.params / 1e6:6.1f}M {f'{r.prompt}+{r.new_tokens}':>10} "
+            f"{r.refute_tps:12.3f} {r.torch_tps:11.1f} {r.speed_ratio:11.3g}x "
+            f"{'yes' if r.tokens_agree else 'NO':>11} {overhead:>17} {gbps:>17}"
+        )
+    print(
+        f"targets: commitment <= {COMMIT_OVERHEAD_TARGET:.0%} of inference time "
+        f"(commit_s / evaluate_s), weights commitment >= {WEIGHTS_GBPS_TARGET} GB/s"
+    )
+    for r in results:
+        print(
+            f"  {r.name}: evaluate {r.evaluate_s:.2f} s, commit {r.commit_s:.2f} s; "
+            f"weights root {r.weights_s:.3f} s over {r.weights_gb * 1e3:.1f} MB "
+            f"(of which encoding, without hashing, ~{r.encode_s:.3f} s)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny-llama only")
+    parser.add_argument("--prompt", type=int, default=8, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=int, default=16, help="new tokens, tiny-llama")
+    parser.add_argument(
+        "--big-new-tokens", type=int, default=8, help="new tokens, ~100M model (slow in numpy)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="weights-root timings (best of)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: refute's numpy reference is single-threaded too)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    results = [bench("tiny-llama", builtin_model("tiny-llama"), args.prompt, args.new_tokens, 5)]
+    if not args.quick:
+        start = time.perf_counter()
+        big = build("llama-100m", LLAMA_100M, random_weights(LLAMA_100M, seed=0))
+        print(f"built llama-100m in {time.perf_counter() - start:.1f} s", flush=True)
+        results.append(bench("llama-100m", big, args.prompt, args.big_new_tokens, args.repeats))
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
