@@ -142,8 +142,8 @@ def node_abi(node: Node) -> bytes:
     return abi_encode([NODE_ABI], [node.as_tuple()])
 
 
-def node_from_abi(data: bytes) -> Node:
-    (t,) = abi_decode([NODE_ABI], data)
+def node_from_tuple(t: tuple | list) -> Node:
+    """Inverse of Node.as_tuple (the field order of both the msgpack and the ABI encoding)."""
     name, op, shape, operands, fn, reducer, reduce_len, layer = t
     return Node(
         name,
@@ -155,6 +155,11 @@ def node_from_abi(data: bytes) -> Node:
         reduce_len,
         layer,
     )
+
+
+def node_from_abi(data: bytes) -> Node:
+    (t,) = abi_decode([NODE_ABI], data)
+    return node_from_tuple(t)
 
 
 def node_leaf(node: Node) -> bytes:
@@ -221,21 +226,7 @@ class Program:
             raise ProgramError(f"not a serialized program: {exc}") from exc
         if version != IR_VERSION:
             raise ProgramError(f"program IR version {version}, expected {IR_VERSION}")
-        parsed = tuple(
-            Node(
-                name,
-                Op(op),
-                tuple(shape),
-                tuple(
-                    Operand(Src(s), i, tuple(st), off, ts, tk) for s, i, st, off, ts, tk in operands
-                ),
-                Fn(fn),
-                Reducer(red),
-                rlen,
-                layer,
-            )
-            for name, op, shape, operands, fn, red, rlen, layer in nodes
-        )
+        parsed = tuple(node_from_tuple(n) for n in nodes)
         program = cls(
             parsed,
             tuple(WeightSpec(n, tuple(s)) for n, s in weights),
