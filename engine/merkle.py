@@ -20,8 +20,9 @@ import numpy as np
 from refute.errors import CommitmentError
 from refute.kernels.reference import CANONICAL_NAN_BITS
 
-CHUNK_BYTES = 4096
-"""Tensor leaves cover 4 KiB of the little-endian encoding (1024 float32 values)."""
+CHUNK_BYTES = 1024
+"""Tensor leaves cover 1 KiB of the little-endian encoding (256 float32 values): small enough
+that a one-step proof opening two chunks stays cheap in calldata (docs/commitments.md)."""
 
 TAG_LEAF = b"\x00"
 TAG_NODE = b"\x01"
@@ -158,7 +159,7 @@ def _leaves_serial(view: memoryview, lo: int, hi: int) -> list[bytes]:
 def chunk_leaves(data: bytes | memoryview) -> list[bytes]:
     """sha256(0x00 || chunk) of each CHUNK_BYTES piece, the last one zero-padded.
 
-    hashlib releases the GIL on 4 KiB updates, so big tensors (weights) are hashed by one
+    hashlib releases the GIL on larger updates, so big tensors (weights) are hashed by one
     thread per core; the leaves are the same either way."""
     global _POOL
     view = memoryview(data)
@@ -178,7 +179,7 @@ def bind_tensor(dtype: int, length: int, tree: bytes) -> bytes:
 
 
 def tensor_root(values: np.ndarray) -> bytes:
-    """Root of a tensor: H(0x02 || dtype || element count || tree over its 4 KiB chunks)."""
+    """Root of a tensor: H(0x02 || dtype || element count || tree over its 1 KiB chunks)."""
     dtype, data = encode(values)
     tree = _leaf(data) if 0 < len(data) <= CHUNK_BYTES else tree_root(chunk_leaves(data))
     return bind_tensor(dtype, len(data) // 4, tree)

@@ -1,8 +1,10 @@
 """A model: config, program and weights, and the roots that commit to them (docs/commitments.md).
 
-model root = sha256(0x12 || spec version || weights root || program root || config hash), where
-the weights root lists sha256(0x11 || abi.encode(name, shape) || tensor root) for every weight in
-program order, and the config hash is sha256 of the config's canonical JSON.
+model root = sha256(0x12 || spec version || weights root || program root || program header hash
+|| config hash), where the weights root lists sha256(0x11 || abi.encode(name, shape) || tensor
+root) for every weight in program order, the program header hash is
+sha256(abi.encode(uint64 nodes, uint64 max_positions, uint64 vocab_size, uint64 logits node,
+uint64 token node)) and the config hash is sha256 of the config's canonical JSON.
 """
 
 from __future__ import annotations
@@ -68,12 +70,21 @@ class Model:
         return self.program.root()
 
     @cached_property
+    def program_header_hash(self) -> bytes:
+        """Binds what the verifier takes on trust from the registry: the number of nodes per
+        position, max positions, vocabulary size, and which nodes give logits and tokens."""
+        p = self.program
+        fields = [len(p.nodes), p.max_positions, p.vocab_size, p.logits_node, p.token_node]
+        return merkle.sha256(abi_encode(["uint64"] * 5, fields))
+
+    @cached_property
     def root(self) -> bytes:
         return merkle.sha256(
             b"\x12",
             SPEC_VERSION.to_bytes(4, "big"),
             self.weights_root,
             self.program_root,
+            self.program_header_hash,
             self.config_hash,
         )
 

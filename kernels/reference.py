@@ -422,6 +422,8 @@ def dot(x: np.typing.ArrayLike, w: np.typing.ArrayLike) -> np.ndarray:
         raise ShapeError(f"dot needs x [..., K] and w [K, N]; got {x.shape} and {w.shape}")
     k, n = w.shape
     batch = x.shape[:-1]
+    if k == 0:  # the empty sum
+        return np.zeros((*batch, n), dtype=F32)
     rows = x.reshape(-1, k)
     out = np.empty((rows.shape[0], n), dtype=F32)
     step = max(1, _DOT_CHUNK_ELEMENTS // max(1, k * rows.shape[0]))

@@ -97,7 +97,10 @@ def test_a_flipped_intermediate_bit_shows_exactly_at_its_record(name: str, data)
             return out
         out = out.copy()
         raw = out.view(np.uint32)
-        raw[element % raw.size] ^= np.uint32(1 << bit)
+        if nid == model.program.token_node:  # another token, still in the vocabulary
+            raw[0] = (raw[0] + 1 + bit) % VOCAB
+        else:
+            raw[element % raw.size] ^= np.uint32(1 << bit)
         return out
 
     (cheat,) = Executor(model, tamper=tamper).generate([request])
@@ -151,6 +154,17 @@ def test_sampling_is_reproducible_by_seed() -> None:
     (c,) = run(model, [Request((1, 2, 3), 12, temperature=1.0, seed=43)])
     assert a.output_tokens == b.output_tokens
     assert a.output_tokens != c.output_tokens
+
+
+def test_an_out_of_vocabulary_token_is_refused() -> None:
+    """A (cheating) sample output outside the vocabulary never reaches an index map."""
+    model = MODELS["tiny-llama"]
+
+    def tamper(position: int, nid: int, out: np.ndarray) -> np.ndarray:
+        return np.array([VOCAB + 5], np.uint32) if nid == model.program.token_node else out
+
+    with pytest.raises(ExecutionError, match="outside the vocabulary"):
+        Executor(model, tamper=tamper).generate([Request((1, 2), 3)])
 
 
 def test_bad_requests_are_refused() -> None:

@@ -54,3 +54,39 @@ def test_weight_elements_open_against_the_model_root(run) -> None:
         assert merkle.verify_list_item(model.weights_root, len(leaves), w, leaves[w], proof)
         element = merkle.prove_element(model.weights[w], model.weights[w].size - 1)
         assert merkle.verify_element(model.tensor_roots[w], element)
+
+
+def test_model_root_binds_every_part(run) -> None:
+    """Changing any committed part — a weight, a node, the program header, the config — moves
+    the model root."""
+    import dataclasses
+
+    from refute.engine.model import Model
+
+    model = run[0]
+    base = model.root
+    weights = [w.copy() for w in model.weights]
+    weights[3].reshape(-1)[0] += 1
+    variants = [
+        Model(model.name, model.config, model.program, weights),
+        Model(
+            model.name,
+            model.config,
+            dataclasses.replace(model.program, logits_node=0),
+            model.weights,
+        ),
+        Model(
+            model.name,
+            dataclasses.replace(model.config, rms_eps=1e-6),
+            model.program,
+            model.weights,
+        ),
+        Model(
+            model.name,
+            model.config,
+            dataclasses.replace(model.program, nodes=model.program.nodes[::-1]),
+            model.weights,
+        ),
+    ]
+    assert len({base, *(v.root for v in variants)}) == 1 + len(variants)
+    assert Model(model.name, model.config, model.program, model.weights).root == base

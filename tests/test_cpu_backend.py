@@ -1,0 +1,229 @@
+"""The fused CPU kernels and `CPUBackend` give exactly the reference's bits.
+
+Kernels against `reference.dot` on adversarial values (signed zeros, subnormals, infinities,
+NaNs, products and sums that round at halfway — an FMA contraction or a reassociation changes
+those) and awkward shapes (K = 1, K below the block width, K and N not powers of two, partial
+panels); then whole generations through `Executor` against the reference backend's trace roots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refute.engine.backend import ReferenceBackend
+from refute.engine.checkpoint import build, load_model, random_weights
+from refute.engine.executor import Executor, Request
+from refute.engine.ir import Op
+from refute.engine.models import LlamaConfig
+from refute.kernels import reference as ref
+from refute.kernels import vectors
+from refute.kernels.cpu import CPUBackend, dot_plan, elementwise, matmul, pack, tree_dot
+from refute.kernels.cpu.reduce import tree_sum
+
+VECTOR_DIR = Path(__file__).parent / "vectors"
+
+SPECIAL = ref.from_bits(
+    np.array(
+        [
+            *vectors.SPECIAL_BITS,
+            0x3F800800,  # 1 + 2^-12: its square is 1 + 2^-11 + 2^-24, a halfway product
+            0xBF800800,
+            0x33800000,  # 2^-24: added to 1, a halfway sum
+            0x4B800001,
+            0x00000003,
+            0x7F800000,
+            0xFF800000,
+            0x7FC00000,
+            0xFFC00001,  # a negative NaN with payload
+        ],
+        dtype=np.uint32,
+    )
+)
+
+
+def _values(rng: np.random.Generator, shape: tuple[int, ...], special: float) -> np.ndarray:
+    """Normal values with a share of special patterns, and some exact-halfway neighbours."""
+    v = rng.standard_normal(shape).astype(np.float32)
+    if special > 0:
+        pick = rng.random(shape) < special
+        v[pick] = rng.choice(SPECIAL, int(pick.sum()))
+        ones = rng.random(shape) < special / 2
+        v[ones] = rng.choice(
+            ref.from_bits(np.array([0x3F800000, 0x3F800800], np.uint32)), ones.sum()
+        )
+    return v
+
+
+def _check(x: np.ndarray, w_kn: np.ndarray, parallel: bool | None = None) -> None:
+    want = ref.to_bits(ref.dot(x, w_kn))
+    for transposed, stored in ((True, w_kn), (False, np.ascontiguousarray(w_kn.T))):
+        got = ref.to_bits(matmul(x, pack(stored, transposed=transposed), parallel=parallel))
+        assert got.shape == want.shape
+        bad = np.argwhere(got != want)
+        assert bad.size == 0, (
+            f"transposed={transposed}: {len(bad)} differ, first at {bad[0]}: "
+            f"{got[tuple(bad[0])]:#010x} != {want[tuple(bad[0])]:#010x}"
+        )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    k=st.one_of(st.integers(1, 20), st.integers(21, 300)),
+    n=st.integers(1, 40),
+    special=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+    parallel=st.sampled_from([None, False, True]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_kernels_equal_reference_dot(m, k, n, special, parallel, seed) -> None:
+    rng = np.random.default_rng(seed)
+    _check(_values(rng, (m, k), special), _values(rng, (k, n), special), parallel)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 40, 127, 129, 1000])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_signed_zero_padding(k: int, parallel: bool) -> None:
+    """All products -0: the root is -0 only where no +0 pad enters the tree (K a power of 2)."""
+    x = np.full((2, k), -0.0, np.float32)
+    w = np.ones((k, 17), np.float32)
+    _check(x, w, parallel)
+    out = matmul(x, pack(w, transposed=True), parallel=parallel)
+    negative = k & (k - 1) == 0
+    assert np.all(np.signbit(out) == negative)
+
+
+def test_halfway_sums_expose_fma_and_reordering() -> None:
+    """1 + 2^-24 + 2^-24 + ...: each add rounds at halfway; any other order or an FMA differs."""
+    k = 64
+    x = np.full((1, k), ref.from_bits(np.array([0x3F800800], np.uint32))[0], np.float32)
+    w = np.tile(x.reshape(k, 1), (1, 33))  # products (1 + 2^-12)^2 round at halfway
+    w[::3, 1::2] = np.float32(2.0**-24)
+    w[1::5, ::4] = np.float32(-1.0)
+    _check(x, w, parallel=False)
+    _check(x, w, parallel=True)
+
+
+def test_large_shapes_both_variants() -> None:
+    rng = np.random.default_rng(7)
+    x = _values(rng, (3, 1100), 0.01)
+    w = _values(rng, (1100, 70), 0.01)
+    _check(x, w, parallel=False)
+    _check(x, w, parallel=True)
+    _check(x[:1], w, parallel=True)
+
+
+def test_dot_drop_in_and_empty() -> None:
+    rng = np.random.default_rng(3)
+    x = _values(rng, (2, 3, 19), 0.1)
+    w = _values(rng, (19, 5), 0.1)
+    assert np.array_equal(ref.to_bits(tree_dot.dot(x, w)), ref.to_bits(ref.dot(x, w)))
+    # K = 0: the empty sum is +0 (spec §5); reference.dot itself cannot reshape this case
+    empty = tree_dot.dot(np.zeros((2, 0), np.float32), np.zeros((0, 3), np.float32))
+    assert np.array_equal(ref.to_bits(empty), np.zeros((2, 3), np.uint32))
+
+
+def test_conformance_vectors() -> None:
+    cases = vectors.load(VECTOR_DIR)["dot"]["cases"]
+    assert cases
+    for c in cases:
+        x = ref.from_bits(np.frombuffer(c["x"], "<u4"))
+        w = ref.from_bits(np.frombuffer(c["w"], "<u4")).reshape(c["k"], c["n"])
+        want = np.frombuffer(c["out"], "<u4")
+        for parallel in (False, True):
+            got = ref.to_bits(matmul(x, pack(w, transposed=True), parallel=parallel))
+            assert np.array_equal(got, want), (c["k"], c["n"])
+
+
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "silu"])
+def test_elementwise_equal_reference(name: str) -> None:
+    rng = np.random.default_rng(11)
+    bits = rng.integers(0, 2**32, 1 << 18, dtype=np.uint64).astype(np.uint32)
+    x = np.concatenate(
+        [ref.from_bits(bits), rng.normal(0, 20, 1 << 16).astype(np.float32), SPECIAL]
+    )
+    want = ref.to_bits(getattr(ref, name)(x))
+    assert np.array_equal(ref.to_bits(getattr(elementwise, name)(x)), want)
+    record = vectors.load(VECTOR_DIR)[name]
+    x = ref.from_bits(np.frombuffer(record["inputs"][0], "<u4"))
+    got = ref.to_bits(getattr(elementwise, name)(x))
+    assert np.array_equal(got, np.frombuffer(record["output"], "<u4"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(0, 4), k=st.integers(0, 70), special=st.sampled_from([0.0, 0.3, 1.0]))
+def test_tree_sum_equals_reference(rows: int, k: int, special: float) -> None:
+    x = _values(np.random.default_rng(rows * 1000 + k), (rows, k), special)
+    want = ref.tree_sum(x, axis=-1)
+    assert np.array_equal(ref.to_bits(tree_sum(x)), ref.to_bits(want))
+
+
+# --- the backend --------------------------------------------------------------------------------
+
+MODELS = {name: load_model(name) for name in ("tiny-llama", "tiny-gpt2")}
+VOCAB = 320
+
+
+def test_dot_plan_finds_every_linear_and_nothing_else() -> None:
+    for name, model in MODELS.items():
+        nodes = model.program.nodes
+        planned = {n.name for n in nodes if dot_plan(n) is not None}
+        linear_suffixes = (
+            ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down", "lm_head")
+            if "llama" in name
+            else ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj", "lm_head")
+        )
+        assert planned == {n.name for n in nodes if n.name.endswith(linear_suffixes)}
+        assert all(nodes[i].op == Op.REDUCE for i, n in enumerate(nodes) if n.name in planned)
+
+
+def _roots(model, requests, backend, prefill=True):
+    gens = Executor(model, backend=backend).generate(list(requests), prefill=prefill)
+    return [g.trace.root() for g in gens], [g.output_tokens for g in gens]
+
+
+def requests(max_prompt: int = 6, max_new: int = 4):
+    return st.builds(
+        Request,
+        prompt=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=max_prompt).map(tuple),
+        max_new_tokens=st.integers(1, max_new),
+        temperature=st.sampled_from([0.0, 0.8]),
+        seed=st.integers(0, 2**256 - 1),
+    )
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    name=st.sampled_from(sorted(MODELS)),
+    batch=st.lists(requests(), min_size=1, max_size=3),
+    prefill=st.booleans(),
+    parallel=st.sampled_from([None, True]),
+)
+def test_generations_equal_the_reference(name, batch, prefill, parallel) -> None:
+    model = MODELS[name]
+    want = _roots(model, batch, ReferenceBackend(), prefill=True)
+    assert _roots(model, batch, CPUBackend(parallel=parallel), prefill=prefill) == want
+
+
+def test_larger_llama_equals_the_reference() -> None:
+    """Odd sizes (K and N not powers of two, partial panels), GQA, sampled and greedy, batch."""
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=120,
+        intermediate_size=330,
+        num_layers=3,
+        num_heads=6,
+        num_kv_heads=2,
+        head_dim=20,
+        max_positions=64,
+    )
+    model = build("odd-llama", config, random_weights(config, 5))
+    batch = [Request((1, 5, 999, 3, 42), 6), Request((7,), 5, temperature=0.9, seed=11)]
+    want = _roots(model, batch, ReferenceBackend())
+    for parallel in (False, True):
+        assert _roots(model, batch, CPUBackend(parallel=parallel)) == want
+        assert _roots(model, batch, CPUBackend(parallel=parallel), prefill=False) == want
