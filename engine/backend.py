@@ -48,6 +48,36 @@ class Backend(Protocol):
         ...
 
 
+@dataclass
+class GroupRow:
+    """A row for a fused group of nodes: the row's outputs so far (filled for every node before
+    the group) and the flat weights, from which the backend reads the group's inputs."""
+
+    position: int
+    token: int
+    temperature: float
+    seed: int
+    outputs: list[np.ndarray]
+    weights: list[np.ndarray]
+
+
+class FusingBackend(Backend, Protocol):
+    """A backend that may evaluate runs of consecutive nodes at once (a fused norm, softmax or
+    attention kernel), still returning every node's output so that each is committed.
+
+    `groups(program)` partitions the node ids, in order, into tuples of consecutive ids;
+    `evaluate_group` returns, for each node of a group, each row's flat output — the same bits
+    node-by-node evaluation would give. CACHE_APPEND nodes are never inside a group of two or
+    more (their output is the executor's cache). A cheating prover's tamper hook applies after
+    the group, so it cannot corrupt a value that a later node of the same group reads."""
+
+    def groups(self, program: Program) -> list[tuple[int, ...]]: ...
+
+    def evaluate_group(
+        self, program: Program, node_ids: tuple[int, ...], rows: list[GroupRow]
+    ) -> list[list[np.ndarray]]: ...
+
+
 def index_dims(program: Program, node: Node, position: int) -> tuple[int, ...]:
     """The index space operands are read over: output dims (+ the reduction axis)."""
     dims = node.shape[1:] if node.op == Op.CACHE_APPEND else node.shape

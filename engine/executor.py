@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refute.engine import merkle
-from refute.engine.backend import Backend, ReferenceBackend, Row
+from refute.engine.backend import Backend, GroupRow, ReferenceBackend, Row
 from refute.engine.ir import Op, Src
 from refute.engine.model import Model
 from refute.engine.trace import Trace, prompt_root
@@ -186,29 +186,54 @@ class Executor:
         n = len(program.nodes)
         outs: list[list[np.ndarray]] = [[None] * n for _ in rows]  # type: ignore[list-item]
         roots: list[list[bytes]] = [[merkle.EMPTY] * n for _ in rows]
-        for node_id, node in enumerate(program.nodes):
+        groups = self.backend.groups(program) if hasattr(self.backend, "groups") else None
+        for group in groups or [(i,) for i in range(n)]:
             start = time.perf_counter()
-            inputs = [self._row_inputs(node, gen, t, outs[i]) for i, (gen, t) in enumerate(rows)]
-            results = self.backend.evaluate(program, node, inputs)
+            if len(group) == 1:
+                node = program.nodes[group[0]]
+                inputs = [
+                    self._row_inputs(node, gen, t, outs[i]) for i, (gen, t) in enumerate(rows)
+                ]
+                per_node = [self.backend.evaluate(program, node, inputs)]
+            else:  # a fused group: the backend reads earlier outputs and returns every node's
+                per_node = self.backend.evaluate_group(program, group, [
+                    GroupRow(t, gen.tokens[t], gen.request.temperature, gen.request.seed,
+                             outs[i], self._flat_weights)
+                    for i, (gen, t) in enumerate(rows)
+                ])  # fmt: skip
             middle = time.perf_counter()
-            for i, ((gen, t), result) in enumerate(zip(rows, results, strict=True)):
-                if self.tamper is not None:
-                    result = self.tamper(t, node_id, result)
-                if node.op == Op.CACHE_APPEND:
-                    cache = gen.caches[node_id]
-                    if cache.rows != t:
-                        raise ExecutionError("cache rows out of step with positions")
-                    outs[i][node_id] = cache.append(result)
-                    if record:
-                        roots[i][node_id] = cache.commitment.root()
-                    continue
-                outs[i][node_id] = result
-                if record:
-                    roots[i][node_id] = merkle.tensor_root(result)
+            for node_id, results in zip(group, per_node, strict=True):
+                self._store(node_id, rows, results, outs, roots, record)
             end = time.perf_counter()
             self.seconds["evaluate"] += middle - start
             self.seconds["commit"] += end - middle
         return outs, roots
+
+    def _store(
+        self,
+        node_id: int,
+        rows: list[tuple[Generation, int]],
+        results: list[np.ndarray],
+        outs: list[list[np.ndarray]],
+        roots: list[list[bytes]],
+        record: bool,
+    ) -> None:
+        """Keep each row's output of a node (appending to its cache), committing to it."""
+        node = self.program.nodes[node_id]
+        for i, ((gen, t), result) in enumerate(zip(rows, results, strict=True)):
+            if self.tamper is not None:
+                result = self.tamper(t, node_id, result)
+            if node.op == Op.CACHE_APPEND:
+                cache = gen.caches[node_id]
+                if cache.rows != t:
+                    raise ExecutionError("cache rows out of step with positions")
+                outs[i][node_id] = cache.append(result)
+                if record:
+                    roots[i][node_id] = cache.commitment.root()
+                continue
+            outs[i][node_id] = result
+            if record:
+                roots[i][node_id] = merkle.tensor_root(result)
 
     def _row_inputs(self, node, gen: Generation, t: int, outs: list[np.ndarray]) -> Row:
         sources = []

@@ -126,6 +126,13 @@ def _hex(value: bytes) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="write the trace (msgpack) here",
 )
+@click.option(
+    "--backend",
+    "backend_name",
+    type=click.Choice(["reference", "cpu", "triton"]),
+    default=None,
+    help="arithmetic backend (default: the fastest available here); all give the same bits",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead")
 def run(
     model_name: str,
@@ -135,12 +142,13 @@ def run(
     temperature: float,
     seed: int,
     trace_path: Path | None,
+    backend_name: str | None,
     as_json: bool,
 ) -> None:
     """Run a model on a prompt with a committed, Merkleized trace; print tokens and roots."""
     import time
 
-    from refute.engine import tracefile
+    from refute.engine import backends, tracefile
     from refute.engine.checkpoint import load_model
     from refute.engine.executor import Executor, Request, summary
     from refute.errors import RefuteError
@@ -159,7 +167,8 @@ def run(
         else:
             prompt = (1, 2, 3)
         request = Request(prompt, max_new_tokens, temperature, seed)
-        executor = Executor(model)
+        backend = backends.make(backend_name)
+        executor = Executor(model, backend=backend)
         t1 = time.perf_counter()
         with tqdm(
             total=request.positions, desc="positions", unit="pos", disable=as_json, file=sys.stderr
@@ -183,6 +192,7 @@ def run(
         out = {k: (_hex(v) if isinstance(v, bytes) else v) for k, v in info.items()}
         out |= {
             "model": model.name,
+            "backend": backend.name,
             "prompt": list(prompt),
             "text": text,
             "timings": timings,
@@ -214,9 +224,16 @@ def run(
     default=None,
     help="model to re-execute with (default: the one the trace names)",
 )
-def verify_trace(path: Path, model_name: str | None) -> None:
+@click.option(
+    "--backend",
+    "backend_name",
+    type=click.Choice(["reference", "cpu", "triton"]),
+    default=None,
+    help="arithmetic backend (default: the fastest available here); all give the same bits",
+)
+def verify_trace(path: Path, model_name: str | None, backend_name: str | None) -> None:
     """Re-execute a trace file and confirm its trace root, or name the first differing record."""
-    from refute.engine import tracefile
+    from refute.engine import backends, tracefile
     from refute.engine.checkpoint import load_model
     from refute.engine.executor import Executor
     from refute.errors import RefuteError
@@ -231,7 +248,8 @@ def verify_trace(path: Path, model_name: str | None) -> None:
             )
         request = claimed.request
         with tqdm(total=request.positions, desc="re-executing", unit="pos", file=sys.stderr) as bar:
-            (gen,) = Executor(model).generate([request], on_position=bar.update)
+            executor = Executor(model, backend=backends.make(backend_name))
+            (gen,) = executor.generate([request], on_position=bar.update)
     except RefuteError as exc:
         raise click.ClickException(str(exc)) from exc
     diff = claimed.trace.first_difference(gen.trace)

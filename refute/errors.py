@@ -39,3 +39,7 @@ class ExecutionError(RefuteError):
 
 class TraceFileError(RefuteError):
     """A trace file is corrupt, truncated, or of an unknown format."""
+
+
+class BackendUnavailableError(RefuteError):
+    """The backend asked for cannot run on this machine (missing package, no GPU)."""

@@ -60,3 +60,16 @@ def test_conformance_json_reports_all_match() -> None:
     out = json.loads(result.output)
     assert out["ok"] and out["spec_version"] == 1
     assert all(r["passed"] == r["cases"] for r in out["results"].values())
+
+
+def test_backends_agree_and_unavailable_ones_are_named(monkeypatch) -> None:
+    from refute.engine import backends
+
+    args = ["run", "--prompt-tokens", "3,1,4", "--max-new-tokens", "3", "--json"]
+    roots = {b: json.loads(invoke(*args, "--backend", b).output)["trace_root"]
+             for b in ("reference", "cpu")}  # fmt: skip
+    assert roots["reference"] == roots["cpu"]
+    assert json.loads(invoke(*args).output)["backend"] == backends.default_name()
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name: "no CUDA device here")
+    result = invoke(*args, "--backend", "triton")
+    assert result.exit_code != 0 and "cannot run here: no CUDA device here" in result.output

@@ -193,3 +193,64 @@ def test_memory_per_position_is_roots_and_caches_only() -> None:
     per_position_cache = cache_bytes / gen.trace.positions
     assert per_position_cache == 2 * 2 * 2 * 16 * 4  # layers * (k, v) * kv_heads * head_dim * 4
     assert root_bytes == 32 * len(model.program.nodes) * gen.trace.positions
+
+
+class _PairwiseReference:
+    """A fusing backend in form only: groups nodes in pairs (never a cache append) and evaluates
+    each group node by node with the reference, reading the group's inputs from GroupRow."""
+
+    name = "pairs"
+
+    def __init__(self) -> None:
+        from refute.engine.backend import ReferenceBackend
+
+        self.reference = ReferenceBackend()
+
+    def groups(self, program):
+        from refute.engine.ir import Op
+
+        out, current = [], []
+        for i, node in enumerate(program.nodes):
+            if node.op == Op.CACHE_APPEND:
+                out += [tuple(current)] if current else []
+                out.append((i,))
+                current = []
+                continue
+            current.append(i)
+            if len(current) == 2:
+                out.append(tuple(current))
+                current = []
+        return out + ([tuple(current)] if current else [])
+
+    def evaluate(self, program, node, rows):
+        return self.reference.evaluate(program, node, rows)
+
+    def evaluate_group(self, program, node_ids, rows):
+        from refute.engine.backend import Row
+
+        local = [list(r.outputs) for r in rows]
+        per_node = []
+        for nid in node_ids:
+            node = program.nodes[nid]
+            inputs = []
+            for r, outs in zip(rows, local, strict=True):
+                sources = [
+                    outs[op.index] if op.src == Src.NODE
+                    else r.weights[op.index] if op.src == Src.WEIGHT
+                    else np.array([op.index], np.uint32).view(np.float32)
+                    for op in node.operands
+                ]  # fmt: skip
+                inputs.append(Row(r.position, r.token, sources, r.temperature, r.seed))
+            results = self.reference.evaluate(program, node, inputs)
+            for outs, res in zip(local, results, strict=True):
+                outs[nid] = res
+            per_node.append(results)
+        return per_node
+
+
+def test_a_fusing_backend_commits_every_node_of_its_groups() -> None:
+    for model in MODELS.values():
+        requests = [Request((1, 2, 3), 3), Request((9,), 2, temperature=1.0, seed=3)]
+        want = run(model, requests)
+        got = Executor(model, backend=_PairwiseReference()).generate(requests)
+        assert [g.trace.roots for g in got] == [w.trace.roots for w in want]
