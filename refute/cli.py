@@ -272,3 +272,88 @@ def verify_trace(path: Path, model_name: str | None, backend_name: str | None) -
         f"{node.op.name.lower()} {node.fn.name.lower()}): the first record that differs"
     )
     sys.exit(1)
+
+
+@main.command("verify-step")
+@click.option("--model", "model_name", default="tiny-llama", show_default=True)
+@click.option("--prompt-tokens", default="1,2,3", show_default=True)
+@click.option("--max-new-tokens", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**256 - 1))
+@click.option("--position", default=-1, show_default=True, help="-1: the last position")
+@click.option(
+    "--node", "node_ref", default="lm_head", show_default=True, help="node name or id of the record"
+)
+@click.option("--element", default=0, show_default=True)
+@click.option(
+    "--leaf",
+    default=None,
+    type=int,
+    help="reduction leaf k (default: the element's "
+    "value itself for MAP/cache nodes, leaf 0 for reductions)",
+)
+@click.option(
+    "--rpc",
+    "rpc_url",
+    default=None,
+    help="JSON-RPC URL of a node (default: an embedded py-evm chain)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead")
+def verify_step(
+    model_name: str,
+    prompt_tokens: str,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    position: int,
+    node_ref: str,
+    element: int,
+    leaf: int | None,
+    rpc_url: str | None,
+    as_json: bool,
+) -> None:
+    """Run a model, then have the on-chain OneStepVerifier re-execute one scalar step of its
+    trace: the true value must be accepted and a value one bit off rejected."""
+    from refute.contracts.onestep import OneStepClient, StepProver
+    from refute.engine.checkpoint import load_model
+    from refute.engine.executor import Executor, Request
+    from refute.engine.ir import Op
+    from refute.errors import RefuteError
+
+    try:
+        model = load_model(model_name)
+        program = model.program
+        node_id = int(node_ref) if node_ref.isdigit() else program.node_index(node_ref)
+        if not 0 <= node_id < len(program.nodes):
+            raise click.BadParameter(f"node {node_id} outside the program", param_hint="--node")
+        executor = Executor(model)
+        request = Request(_parse_tokens(prompt_tokens), max_new_tokens, temperature, seed)
+        (gen,) = executor.generate([request])
+        t = position if position >= 0 else gen.trace.positions - 1
+        node = program.nodes[node_id]
+        if node.op in (Op.MAP, Op.CACHE_APPEND):
+            call = StepProver(model, executor, gen).step(t, node_id, element)
+        else:
+            call = StepProver(model, executor, gen).step(t, node_id, element, leaf=leaf or 0)
+        client = OneStepClient(rpc_url)
+        value, index = client.compute(call)
+        accepted = client.verify(call)
+        rejected = not client.verify(call, value=call.value ^ 1)
+        fn = client.verifier.functions.verifyStep(*call.args, call.value, call.index)
+        gas = fn.estimate_gas()
+    except RefuteError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ok = value == call.value and index == call.index and accepted and rejected
+    out = {
+        "chain": rpc_url or "embedded", "position": t, "node": node_id, "name": node.name,
+        "step": call.label, "element": element, "leaf": call.leaf,
+        "expected_bits": f"0x{call.value:08x}", "contract_bits": f"0x{value:08x}",
+        "index": index, "true_value_accepted": accepted, "one_bit_off_rejected": rejected,
+        "gas": gas, "ok": ok,
+    }  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        for key, val in out.items():
+            click.echo(f"{key:<22}{val}")
+    sys.exit(0 if ok else 1)

@@ -73,3 +73,32 @@ def test_backends_agree_and_unavailable_ones_are_named(monkeypatch) -> None:
     monkeypatch.setattr(backends, "unavailable_reason", lambda name: "no CUDA device here")
     result = invoke(*args, "--backend", "triton")
     assert result.exit_code != 0 and "cannot run here: no CUDA device here" in result.output
+
+
+def test_verify_step_on_the_embedded_chain_and_on_anvil(anvil_web3) -> None:
+    embedded = json.loads(
+        invoke(
+            "verify-step", "--node", "mlp.silu".join(["layers.1.", ""]), "--element", "7", "--json"
+        ).output
+    )
+    assert embedded["ok"] and embedded["step"] == "map" and embedded["gas"] < 300_000
+    url = anvil_web3.provider.endpoint_uri
+    node = json.loads(
+        invoke(
+            "verify-step",
+            "--model",
+            "tiny-gpt2",
+            "--node",
+            "sample",
+            "--leaf",
+            "17",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "9",
+            "--rpc",
+            url,
+            "--json",
+        ).output
+    )
+    assert node["ok"] and node["chain"] == url and node["step"] == "sample_leaf"
