@@ -190,7 +190,10 @@ def main() -> None:
     parser.add_argument("--ref-new", type=int, default=3, help="new tokens, reference backend")
     parser.add_argument("--repeats", type=int, default=2, help="decode runs per candidate")
     parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--plot", default=None, help="also draw the ratios to this PNG file")
     args = parser.parse_args()
+    kernel_points: list[tuple[str, float]] = []  # (label, paired ratio), for --plot
+    decode_points: list[tuple[str, float]] = []  # (label, tok/s)
 
     import numba
     import torch
@@ -221,6 +224,9 @@ def main() -> None:
             r_min, r_pair = tb.min() / tc.min(), float(np.median(tb / tc))
             shape = f"{threads:7d} {m:3d} {n:6d} {k:6d}"
             print(f"{shape}  {_ms(tb)}   {_ms(tc)}   {r_min:9.2f}  {r_pair:6.2f}")
+            kernel_points.append(
+                (f"{'GEMV' if m == 1 else f'GEMM M={m}'}\n{n}x{k}\n{threads}t", r_pair)
+            )
             if m == 1:
                 gemv_ok &= r_pair >= GEMV_TARGET
     print(f"threading layer: {numba.threading_layer()}; {_load()}")
@@ -229,6 +235,8 @@ def main() -> None:
         f"GEMV >= {GEMV_TARGET}x BLAS sgemv (paired ratio, every shape and thread count): {verdict}"
     )
     if args.skip_decode:
+        if args.plot:
+            plot(args.plot, kernel_points, decode_points)
         return
 
     rows, params = decode(args.threads, args.new, args.ref_new, args.repeats)
@@ -245,6 +253,7 @@ def main() -> None:
         steps = np.array(steps)
         tps = 1.0 / np.median(steps)
         line = f"{th:7d}  {name:20s} {_ms(steps)}   {tps:8.2f}"
+        decode_points.append((f"{name.replace('refute ', '')}\n{th}t", tps))
         if name.startswith("torch"):
             torch_tps[th], torch_tokens[th] = tps, extra
         elif th in torch_tps:
@@ -258,6 +267,47 @@ def main() -> None:
     for th, ratio in verdicts:
         verdict = "PASS" if ratio >= DECODE_TARGET else "FAIL"
         print(f"CPUBackend decode >= {DECODE_TARGET}x torch eager, {th} thread(s): {verdict}")
+    if args.plot:
+        plot(args.plot, kernel_points, decode_points)
+
+
+def plot(
+    path: str, kernel_points: list[tuple[str, float]], decode_points: list[tuple[str, float]]
+) -> None:
+    """Two bar charts: canonical/BLAS time ratios per shape, and decode tokens/s per engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if decode_points else 1
+    fig, axes = plt.subplots(1, panels, figsize=(10 * panels, 4.8), squeeze=False)
+    ax = axes[0][0]
+    labels, ratios = zip(*kernel_points, strict=True) if kernel_points else ((), ())
+    ax.bar(
+        range(len(ratios)), ratios, color=["#3b7dd8" if "GEMV" in x else "#8fb3e8" for x in labels]
+    )
+    ax.axhline(GEMV_TARGET, color="#c0392b", linestyle="--", label=f"GEMV target {GEMV_TARGET}x")
+    ax.axhline(1.0, color="#555555", linewidth=0.8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=6)
+    ax.set_ylabel("BLAS time / canonical time")
+    ax.set_title("Canonical tree dot (numba) vs OpenBLAS, 7B decode shapes")
+    ax.legend(fontsize=8)
+    if decode_points:
+        ax = axes[0][1]
+        labels, tps = zip(*decode_points, strict=True)
+        ax.bar(
+            range(len(tps)), tps, color=["#7f8c8d" if "torch" in x else "#27ae60" for x in labels]
+        )
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_ylabel("decode tokens/s (median)")
+        ax.set_title("Decode, random Llama, one sequence")
+    fig.suptitle(
+        f"bench/kernels.py, {platform.machine()}, {os.cpu_count()} cores; {_load()}", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
 
 
 if __name__ == "__main__":
