@@ -85,6 +85,15 @@ def conformance(vector_dir: Path | None, stride: int, as_json: bool) -> None:
     sys.exit(1 if failed else 0)
 
 
+backend_option = click.option(
+    "--backend",
+    "backend_name",
+    type=click.Choice(["reference", "cpu", "triton"]),
+    default=None,
+    help="arithmetic backend (default: the fastest available here); all give the same bits",
+)
+
+
 def _parse_tokens(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
@@ -126,13 +135,7 @@ def _hex(value: bytes) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="write the trace (msgpack) here",
 )
-@click.option(
-    "--backend",
-    "backend_name",
-    type=click.Choice(["reference", "cpu", "triton"]),
-    default=None,
-    help="arithmetic backend (default: the fastest available here); all give the same bits",
-)
+@backend_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead")
 def run(
     model_name: str,
@@ -224,13 +227,7 @@ def run(
     default=None,
     help="model to re-execute with (default: the one the trace names)",
 )
-@click.option(
-    "--backend",
-    "backend_name",
-    type=click.Choice(["reference", "cpu", "triton"]),
-    default=None,
-    help="arithmetic backend (default: the fastest available here); all give the same bits",
-)
+@backend_option
 def verify_trace(path: Path, model_name: str | None, backend_name: str | None) -> None:
     """Re-execute a trace file and confirm its trace root, or name the first differing record."""
     from refute.engine import backends, tracefile
