@@ -525,7 +525,254 @@ def test_whole_generations_have_the_reference_trace_root(name: str) -> None:
     model = load_model(name)
     requests = [Request((1, 2, 3), 3), Request((4, 5), 2, temperature=0.9, seed=5)]
     want = Executor(model).generate(requests)
-    got = Executor(model, backend=backends.make("triton")).generate(requests)
+    backend = backends.make("triton")
+    got = Executor(model, backend=backend).generate(requests)
     for a, b in zip(want, got, strict=True):
         assert b.trace.root() == a.trace.root()
+        assert b.trace.roots == a.trace.roots
         assert b.output_tokens == a.output_tokens
+    # the fused kernels computed every norm and attention of every row (5 + 2 per position)
+    norm = "rmsnorm" if name == "tiny-llama" else "layernorm"
+    kinds = [f.kind for f in backend.fused(model.program).values()]
+    assert sorted(kinds) == sorted([norm] * 5 + ["attention"] * 2)
+    rows = sum(r.positions for r in requests)
+    assert backend.launches == {norm: 5 * rows, "attention": 2 * rows}
+
+
+# --- fused composites (norms, softmax, attention) ------------------------------------------------
+
+from refute.engine.backend import GroupRow, ReferenceBackend, Row  # noqa: E402
+from refute.engine.builder import ProgramBuilder  # noqa: E402
+from refute.engine.ir import Fn, Op, Reducer, Src  # noqa: E402
+from refute.engine.ir import T as T_DIM  # noqa: E402
+from refute.kernels.gpu import fusion  # noqa: E402
+from refute.kernels.gpu.backend import TritonBackend  # noqa: E402
+
+MAX_T = 40
+
+
+def fused_values(rng: np.random.Generator, shape: tuple[int, ...], mode: str) -> np.ndarray:
+    """Inputs of the fused kernels: normal, mixed with specials, all -0, large or small."""
+    if mode == "normal":
+        return rng.normal(0, 1, shape).astype(F32)
+    if mode == "negzero":
+        return np.full(shape, -0.0, F32)
+    if mode == "large":
+        return (rng.normal(0, 1, shape) * 1e19).astype(F32)  # squares overflow to inf
+    if mode == "small":
+        return (rng.normal(0, 1, shape) * 1e-22).astype(F32)  # squares subnormal or 0
+    if mode == "pool":
+        return rng.choice(VALUE_POOL, shape)
+    x = rng.normal(0, 3, shape).astype(F32)  # mixed
+    mask = rng.random(shape) < 0.1
+    x[mask] = rng.choice(VALUE_POOL, int(mask.sum()))
+    return x
+
+
+fused_modes = st.sampled_from(["normal", "normal", "negzero", "large", "small", "pool", "mixed"])
+widths = st.one_of(st.integers(1, 40), st.sampled_from([63, 64, 65, 100, 127, 129, 300]))
+
+
+def node_by_node(program, node_ids, rows: list[GroupRow]) -> list[list[np.ndarray]]:
+    """The group evaluated one node at a time on the reference (what fusion must equal)."""
+    reference = ReferenceBackend()
+    local = [list(r.outputs) for r in rows]
+    per_node = []
+    for nid in node_ids:
+        node = program.nodes[nid]
+        inputs = []
+        for r, outs in zip(rows, local, strict=True):
+            sources = [
+                outs[op.index] if op.src == Src.NODE
+                else r.weights[op.index] if op.src == Src.WEIGHT
+                else np.array([op.index], U32).view(F32)
+                for op in node.operands
+            ]  # fmt: skip
+            inputs.append(Row(r.position, r.token, sources, r.temperature, r.seed))
+        results = reference.evaluate(program, node, inputs)
+        for outs, res in zip(local, results, strict=True):
+            outs[nid] = res
+        per_node.append(results)
+    return per_node
+
+
+def check_fused(program, weights, kind: str, rows: list[GroupRow]) -> None:
+    """TritonBackend finds exactly one `kind` group and fuses it to the reference's bits."""
+    backend = TritonBackend()
+    groups = [g for g in backend.groups(program) if len(g) > 1]
+    assert [backend.fused(program)[g[0]].kind for g in groups] == [kind]
+    ids = groups[0]
+    assert all(program.nodes[i].op != Op.CACHE_APPEND for i in ids)
+    got = backend.evaluate_group(program, ids, rows)
+    want = node_by_node(program, ids, rows)
+    assert backend.launches == {kind: len(rows)}
+    for nid, g_rows, w_rows in zip(ids, got, want, strict=True):
+        for r, g, w in zip(rows, g_rows, w_rows, strict=True):
+            assert g.shape == w.shape, (program.nodes[nid].name, r.position)
+            assert_same_bits(g, w)
+
+
+def group_rows(n_nodes: int, weights: list[np.ndarray], filled: list[dict[int, np.ndarray]],
+               positions: list[int]) -> list[GroupRow]:  # fmt: skip
+    rows = []
+    for fill, t in zip(filled, positions, strict=True):
+        outputs = [None] * n_nodes
+        for nid, value in fill.items():
+            outputs[nid] = value
+        rows.append(GroupRow(t, 0, 0.0, 0, outputs, [w.reshape(-1) for w in weights]))
+    return rows
+
+
+def norm_program(kind: str, d: int, eps: float, rng, mode: str):
+    """x (a [D] node) -> the builder's norm -> sample: the norm is nodes 1.."""
+    b = ProgramBuilder(max_positions=4, vocab_size=2)
+    x = b.embedding("x", b.weight("table", np.zeros((2, d), F32)))
+    w = b.weight("w", fused_values(rng, (d,), mode if mode != "negzero" else "normal"))
+    if kind == "rmsnorm":
+        y = b.rmsnorm("norm", x, w, eps)
+    else:
+        y = b.layernorm("norm", x, w, b.weight("b", fused_values(rng, (d,), "normal")), eps)
+    return b.build(y, b.sample("token", y))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kind=st.sampled_from(["rmsnorm", "layernorm"]),
+    d=widths,
+    n_rows=st.integers(1, 5),
+    mode=fused_modes,
+    eps=st.sampled_from([1e-5, 1e-6, 0.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_fused_norms_equal_node_by_node(kind, d, n_rows, mode, eps, seed) -> None:
+    rng = np.random.default_rng(seed)
+    program, weights = norm_program(kind, d, eps, rng, mode)
+    xs = fused_values(rng, (n_rows, d), mode)
+    xs[0] = -0.0  # a -0 row: the sums must stay -0 (padding never wider than the spec's)
+    rows = group_rows(len(program.nodes), weights, [{0: x} for x in xs], list(range(n_rows)))
+    check_fused(program, weights, kind, rows)
+
+
+def attention_program(g: int, rep: int, hd: int, scale_fn: Fn, softmax_only: bool):
+    """q, k, v nodes (k and v caches) -> the builder's attention (or, with softmax_only, scores
+    read straight from a cache, so that only the softmax chain is recognisable) -> sample."""
+    b = ProgramBuilder(max_positions=MAX_T, vocab_size=2)
+    h = g * rep
+    q = b.embedding("q", b.weight("q_table", np.zeros((2, h * hd), F32)))
+    kv = b.embedding("kv", b.weight("kv_table", np.zeros((2, g * hd), F32)))
+    k_cache = b.cache("k_cache", kv, g, hd)
+    v_cache = b.cache("v_cache", kv, g, hd)
+    scale = float(hd) ** -0.5 if scale_fn == Fn.MUL else float(np.sqrt(hd))
+    if not softmax_only:
+        out = b.attention("attn", q, k_cache, v_cache, h, g, hd, scale, scale_fn)
+        return b.build(q, b.sample("token", q)), out
+    s_in = b.embedding("s", b.weight("s_table", np.zeros((2, h), F32)))
+    scores = b.cache("scores", s_in, g, rep)  # [T, g, rep]
+    s_shape = (T_DIM, g, rep)
+    from refute.engine.builder import const
+
+    scaled = b.map("scaled", scale_fn, s_shape, scores.whole(), const(scale).broadcast(s_shape))
+    m = b.reduce("max", Reducer.MAX, Fn.COPY, (g, rep), T_DIM, scaled.read(rep, 1, g * rep))
+    d = b.map("shift", Fn.SUB, s_shape, scaled.whole(), m.read(0, rep, 1))
+    e = b.map("exp", Fn.EXP, s_shape, d.whole())
+    z = b.reduce("sum", Reducer.SUM, Fn.COPY, (g, rep), T_DIM, e.read(rep, 1, g * rep))
+    p = b.map("probs", Fn.DIV, s_shape, e.whole(), z.read(0, rep, 1))
+    return b.build(q, b.sample("token", q)), p
+
+
+gqa = st.sampled_from([(1, 1), (1, 4), (2, 1), (2, 2), (2, 3), (3, 2), (4, 1)])
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    gr=gqa,
+    hd=st.one_of(st.integers(1, 20), st.sampled_from([32, 33])),
+    positions=st.lists(st.integers(0, MAX_T - 1), min_size=1, max_size=3),
+    scale_fn=st.sampled_from([Fn.MUL, Fn.DIV]),
+    mode=fused_modes,
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_fused_attention_equals_node_by_node(gr, hd, positions, scale_fn, mode, seed) -> None:
+    g, rep = gr
+    rng = np.random.default_rng(seed)
+    (program, weights), _ = attention_program(g, rep, hd, scale_fn, softmax_only=False)
+    filled = []
+    for t in positions:  # q; the caches after t + 1 appends (-0 values in the negzero mode)
+        filled.append({0: fused_values(rng, (g * rep * hd,), mode),
+                       2: fused_values(rng, ((t + 1) * g * hd,), mode),
+                       3: fused_values(rng, ((t + 1) * g * hd,), mode)})  # fmt: skip
+    if mode != "negzero":  # a v column of -0 with probabilities > 0: out must stay -0
+        filled[0][3].reshape(positions[0] + 1, g * hd)[:, 0] = -0.0
+    rows = group_rows(len(program.nodes), weights, filled, positions)
+    check_fused(program, weights, "attention", rows)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    gr=gqa,
+    positions=st.lists(st.integers(0, MAX_T - 1), min_size=1, max_size=3),
+    scale_fn=st.sampled_from([Fn.MUL, Fn.DIV]),
+    mode=fused_modes,
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_fused_softmax_equals_node_by_node(gr, positions, scale_fn, mode, seed) -> None:
+    g, rep = gr
+    rng = np.random.default_rng(seed)
+    (program, weights), _ = attention_program(g, rep, 4, scale_fn, softmax_only=True)
+    scores_id = program.node_index("scores")
+    filled = [{scores_id: fused_values(rng, ((t + 1) * g * rep,), mode)} for t in positions]
+    rows = group_rows(len(program.nodes), weights, filled, positions)
+    check_fused(program, weights, "softmax", rows)
+
+
+def test_fused_wrappers_on_special_rows() -> None:
+    """The wrappers alone: -0 rows, inf and NaN, one element, T = 1."""
+    x = np.array([[-0.0, -0.0, -0.0], [np.inf, 1.0, -2.0], [np.nan, 0.0, 1e-45]], F32)
+    w = np.array([1.0, -1.0, 0.5], F32)
+    d = F32(3.0)
+    outs = gpu.rmsnorm(x, w, d, F32(1e-6))
+    ss = ref.tree_sum(ref.mul(x, x))
+    mean = ref.div(ss, d)
+    eps = ref.add(mean, F32(1e-6))
+    r = ref.rsqrt(eps)
+    scale = ref.mul(x, r[:, None])
+    for got, want in zip(outs, (ss, mean, eps, r, scale, ref.mul(scale, w)), strict=True):
+        assert_same_bits(got, want)
+    x4 = np.full((1, 4), -0.0, F32)  # width 4 is the spec's: the sum stays -0
+    assert bits(gpu.layernorm(x4, w[:1].repeat(4), x4[0], F32(4), F32(4), F32(0))[0])[0] == (
+        0x80000000
+    )
+    x3 = np.full((1, 3), -0.0, F32)  # padded to 4 with +0: (-0 + -0) + (-0 + +0) = +0
+    assert bits(gpu.layernorm(x3, w, x3[0], d, d, F32(0))[0])[0] == 0
+    s = np.full((2, 1, 1, 1), -0.0, F32)
+    outs = dict(zip(gpu.softmax_kernel.NODES, gpu.softmax(s, F32(0.5), False), strict=True))
+    assert_same_bits(outs["probs"], np.ones((2, 1, 1, 1), F32))
+    assert_same_bits(outs["max"], np.full((2, 1, 1), -0.0, F32))
+
+
+def test_fusion_never_matches_a_changed_structure() -> None:
+    """A norm whose node reads something else, or attention whose q depends on j, is left
+    node by node."""
+    import dataclasses
+
+    rng = np.random.default_rng(0)
+    program, _ = norm_program("rmsnorm", 8, 1e-5, rng, "normal")
+    assert [f.kind for f in fusion.find(program)] == ["rmsnorm"]
+    nodes = list(program.nodes)
+    scale = nodes[5]  # x * rsqrt: read the mean instead
+    nodes[5] = dataclasses.replace(
+        scale, operands=(scale.operands[0], dataclasses.replace(scale.operands[1], index=2))
+    )
+    assert fusion.find(dataclasses.replace(program, nodes=tuple(nodes))) == []
+    (program, _), _ = attention_program(2, 2, 4, Fn.MUL, softmax_only=False)
+    assert [f.kind for f in fusion.find(program)] == ["attention"]
+    nodes = list(program.nodes)
+    i = program.node_index("attn.scores")
+    q = nodes[i].operands[0]
+    nodes[i] = dataclasses.replace(
+        nodes[i],
+        operands=(dataclasses.replace(q, strides=(1, *q.strides[1:])), nodes[i].operands[1]),
+    )
+    assert [f.kind for f in fusion.find(dataclasses.replace(program, nodes=tuple(nodes)))] == [
+        "softmax"
+    ]

@@ -8,6 +8,9 @@ One kernel per module, its launch wrapper beside it (as in Triton's tutorials):
   axis of [rows, K];
 - ``gemv_kernel`` (decode) / ``gemm_kernel`` (prefill): tree dot products, exactly
   ``reference.dot``;
+- ``rmsnorm_kernel`` / ``layernorm_kernel`` / ``softmax_kernel`` / ``attention_kernel``: fused
+  composites of engine.builder, writing out every intermediate node's output (``fusion``
+  recognises the node runs, ``backend.TritonBackend`` launches them);
 - ``audit``: compiles every kernel for sm_80/sm_90 and checks the PTX/SASS (no GPU needed).
 
 Wrappers take numpy arrays or torch tensors and return the same kind. Kernels are built for the
@@ -30,9 +33,13 @@ from refute.kernels.gpu._runtime import (
 
 try:
     from refute.kernels.gpu.argmax_kernel import argmax
+    from refute.kernels.gpu.attention_kernel import attention
     from refute.kernels.gpu.binary_kernel import binary
     from refute.kernels.gpu.gemm_kernel import gemm
     from refute.kernels.gpu.gemv_kernel import gemv
+    from refute.kernels.gpu.layernorm_kernel import layernorm
+    from refute.kernels.gpu.rmsnorm_kernel import rmsnorm
+    from refute.kernels.gpu.softmax_kernel import softmax
     from refute.kernels.gpu.tree_max_kernel import tree_max
     from refute.kernels.gpu.tree_sum_kernel import tree_sum
     from refute.kernels.gpu.unary_kernel import unary
@@ -42,7 +49,8 @@ except ImportError:  # pragma: no cover - triton/torch missing: every wrapper ra
         require()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    argmax = binary = gemm = gemv = tree_max = tree_sum = unary = _missing
+    argmax = attention = binary = gemm = gemv = layernorm = rmsnorm = softmax = _missing
+    tree_max = tree_sum = unary = _missing
 
 
 def dot(x: Any, w: Any) -> Any:
@@ -95,6 +103,7 @@ __all__ = [
     "abs_",
     "add",
     "argmax",
+    "attention",
     "available",
     "binary",
     "canonicalize",
@@ -104,6 +113,7 @@ __all__ = [
     "gelu_tanh",
     "gemm",
     "gemv",
+    "layernorm",
     "log",
     "maximum",
     "minimum",
@@ -111,10 +121,12 @@ __all__ = [
     "neg",
     "pow2",
     "reciprocal",
+    "rmsnorm",
     "round_to_int",
     "rsqrt",
     "sigmoid",
     "silu",
+    "softmax",
     "sqrt",
     "sub",
     "tanh",

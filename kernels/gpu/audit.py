@@ -26,9 +26,13 @@ import triton.language as tl
 
 from refute.kernels.gpu import (
     argmax_kernel,
+    attention_kernel,
     binary_kernel,
     gemm_kernel,
     gemv_kernel,
+    layernorm_kernel,
+    rmsnorm_kernel,
+    softmax_kernel,
     tree_max_kernel,
     tree_sum_kernel,
     unary_kernel,
@@ -86,6 +90,12 @@ _UNARY_EXPECTED = {
     "round_to_int": (_ADD,),
 }
 _BINARY_EXPECTED = {"add": (_ADD,), "sub": ("sub.rn.f32",), "mul": (_MUL,), "div": (_DIV,)}
+_FUSED_EXPECTED = {
+    rmsnorm_kernel: (_ADD, _MUL, _DIV, _SQRT),
+    layernorm_kernel: (_ADD, "sub.rn.f32", _MUL, _DIV, _SQRT),
+    softmax_kernel: (_ADD, "sub.rn.f32", _MUL, _DIV),  # exp's steps, the probs division
+    attention_kernel: (_ADD, "sub.rn.f32", _MUL, _DIV),
+}
 
 
 def specializations() -> list[Specialization]:
@@ -114,6 +124,9 @@ def specializations() -> list[Specialization]:
         for kernel, sig, cx in module.specializations():
             exp = (_MUL, _ADD) if cx["BLOCK_K"] > 1 else (_MUL,)
             out.append(Specialization(named(kernel, cx), kernel, sig, cx, exp))
+    for module, expected in _FUSED_EXPECTED.items():
+        for kernel, sig, cx in module.specializations():
+            out.append(Specialization(named(kernel, cx), kernel, sig, cx, expected))
     return out
 
 
