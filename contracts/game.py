@@ -1,0 +1,400 @@
+"""The dispute game on a chain: deploy ModelRegistry + OneStepVerifier + DisputeGame, register a
+model, post a claim from a generation, open disputes, make moves, read state and events.
+
+Thin typed wrappers over the contracts (contracts/sol/DisputeGame.sol, docs/protocol.md); the
+watcher and prover clients build on them. Chain: embedded py-evm by default, any JSON-RPC URL.
+
+    game = GameClient.deploy()                         # embedded chain, default parameters
+    root = game.register(model)
+    claim_id = game.post_claim(model, gen)             # the claim bond from accounts[0]
+    dispute_id = game.open_dispute(claim_id, other_root, sender=watcher)
+    game.reveal_children(dispute_id, left, right, sender=...)
+    game.dispute(dispute_id).stage                     # Stage.TRACE, ...
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from eth_hash.auto import keccak
+from eth_tester.exceptions import TransactionFailed
+from web3 import Web3
+from web3.contract import Contract
+from web3.exceptions import ContractCustomError, ContractLogicError
+
+from refute.contracts.artifacts import load
+from refute.contracts.chain import connect, deploy
+from refute.contracts.onestep import EMPTY_SOURCE, StepCall, f32_bits
+from refute.engine import merkle
+from refute.engine.executor import Generation
+from refute.engine.model import Model
+from refute.errors import RefuteError
+from refute.kernels.reference import SPEC_VERSION
+
+CLAIM, CHALLENGE = 0, 1
+TX_GAS = 2_000_000
+
+
+class Stage(enum.IntEnum):
+    NONE = 0
+    TRACE = 1
+    RECORD = 2
+    CHUNKS = 3
+    CHUNK = 4
+    REDUCTION = 5
+    STEP = 6
+    RESOLVED = 7
+
+
+class ClaimStatus(enum.IntEnum):
+    NONE = 0
+    PENDING = 1
+    FINALIZED = 2
+    OVERTURNED = 3
+
+
+@dataclass(frozen=True)
+class GameParams:
+    """Deployment parameters (docs/protocol.md): bonds in wei, times in seconds."""
+
+    spec_version: int = SPEC_VERSION
+    claim_bond: int = 10**18
+    challenge_bond: int = 10**18
+    move_bond: int = 10**16
+    window: int = 3600
+    clock: int = 1800
+    extension: int = 120
+
+
+class GameError(RefuteError):
+    """A game transaction reverted; `name` is the contract's custom error."""
+
+    def __init__(self, name: str, data: bytes) -> None:
+        super().__init__(f"reverted with {name}")
+        self.name = name
+        self.data = data
+
+
+def _error_table() -> dict[bytes, str]:
+    table = {}
+    for name in ("DisputeGame", "ModelRegistry", "OneStepVerifier", "NodeReader", "ProofHarness"):
+        for e in load(name).abi:
+            if e["type"] == "error":
+                sig = e["name"] + "(" + ",".join(i["type"] for i in e["inputs"]) + ")"
+                table[keccak(sig.encode())[:4]] = e["name"]
+    return table
+
+
+ERRORS = _error_table()
+
+
+def error_name(data: bytes) -> str:
+    """Name of the custom error whose ABI-encoded revert data is `data`."""
+    return ERRORS.get(bytes(data[:4]), f"<unknown revert {bytes(data[:4]).hex()}>")
+
+
+def _revert_data(exc: Exception) -> bytes:
+    """The revert data of a failed call: web3's errors carry it as hex; the embedded tester's
+    TransactionFailed only as the repr of the bytes in its message."""
+    data = getattr(exc, "data", None)
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str) and data.startswith("0x"):
+        return Web3.to_bytes(hexstr=data)
+    message = str(exc.args[0]) if exc.args else ""
+    tail = message.split("execution reverted: ", 1)[-1]
+    if tail[:2] in ("b'", 'b"'):
+        try:
+            value = ast.literal_eval(tail)
+        except (ValueError, SyntaxError):
+            return b""
+        return value if isinstance(value, bytes) else b""
+    return b""
+
+
+@dataclass
+class ClaimState:
+    claimant: str
+    deadline: int
+    open_disputes: int
+    status: ClaimStatus
+    model_root: bytes
+    prompt_root: bytes
+    trace_root: bytes
+    tokens_hash: bytes
+    num_records: int
+    prompt_length: int
+    output_length: int
+    nodes_per_position: int
+    token_node: int
+    temperature: int
+    seed: int
+
+
+@dataclass
+class DisputeState:
+    claim_id: int
+    challenger: str
+    stage: Stage
+    to_move: int
+    winner: int  # 0 none, 1 claim side, 2 challenge side
+    value_known: bool
+    op: int
+    reducer: int
+    turn_start: int
+    clock: list[int]
+    node: list[bytes]
+    pending: list[bytes]
+    height: int
+    index: int
+    position: int
+    node_id: int
+    length: int
+    width: int
+    element: int
+    value: list[int]
+    value_index: list[int]
+    last_mover: str
+    last_side: int
+    moves: int
+
+
+class GameClient:
+    """A deployed registry, verifier and game, with one method per contract entry point."""
+
+    def __init__(self, w3: Web3, registry: Contract, verifier: Contract, game: Contract) -> None:
+        self.w3 = w3
+        self.registry = registry
+        self.verifier = verifier
+        self.game = game
+        self.gas_used: list[tuple[str, int]] = []  # (function, gas) of every transaction sent
+        f = game.functions
+        self.bonds = (f.claimBond().call(), f.challengeBond().call(), f.moveBond().call())
+        """(B_c, B_x, b) in wei."""
+
+    @classmethod
+    def deploy(
+        cls,
+        url: str | None = None,
+        *,
+        w3: Web3 | None = None,
+        params: GameParams = GameParams(),
+        sender: str | None = None,
+    ) -> GameClient:
+        """Deploy the three contracts (embedded chain unless `url` or `w3` is given)."""
+        w3 = w3 if w3 is not None else connect(url)
+        registry = deploy(w3, "ModelRegistry", sender=sender)
+        verifier = deploy(w3, "OneStepVerifier", sender=sender)
+        game = deploy(
+            w3,
+            "DisputeGame",
+            registry.address,
+            verifier.address,
+            params.spec_version,
+            params.claim_bond,
+            params.challenge_bond,
+            params.move_bond,
+            params.window,
+            params.clock,
+            params.extension,
+            sender=sender,
+        )
+        return cls(w3, registry, verifier, game)
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _sender(self, sender: str | None) -> str:
+        return sender if sender is not None else self.w3.eth.accounts[0]
+
+    def transact(
+        self, contract: Contract, fn: str, *args: Any, sender=None, value: int = 0,
+    ):  # fmt: skip
+        """Send a transaction; raise GameError (with the custom error's name) if it reverts.
+        Returns (the function's return value, the receipt). Errors are found by a call on the
+        pending block, where the transaction will run (a call on "latest" sees an older
+        timestamp); the gas limit is TX_GAS (every game transaction needs less than 1M)."""
+        tx = {"from": self._sender(sender), "value": value}
+        call = getattr(contract.functions, fn)(*args)
+        try:
+            result = call.call(tx, block_identifier="pending")
+        except (ContractCustomError, ContractLogicError, TransactionFailed) as exc:
+            raw = _revert_data(exc)
+            raise GameError(error_name(raw), raw) from None
+        receipt = self.w3.eth.wait_for_transaction_receipt(call.transact({**tx, "gas": TX_GAS}))
+        if receipt["status"] != 1:
+            raise GameError("<reverted>", b"")
+        self.gas_used.append((fn, int(receipt["gasUsed"])))
+        return result, receipt
+
+    def params(self) -> GameParams:
+        f = self.game.functions
+        return GameParams(
+            f.specVersion().call(),
+            f.claimBond().call(),
+            f.challengeBond().call(),
+            f.moveBond().call(),
+            f.window().call(),
+            f.clock().call(),
+            f.extension().call(),
+        )
+
+    # --- registry and claims -------------------------------------------------------------------
+
+    def register(self, model: Model, sender: str | None = None) -> bytes:
+        """Register `model` (idempotent); returns its model root, computed on chain."""
+        if self.registry.functions.isRegistered(model.root).call():
+            return model.root
+        p = model.program
+        (root, _) = self.transact(
+            self.registry,
+            "register",
+            model.weights_root,
+            model.program_root,
+            model.config_hash,
+            SPEC_VERSION,
+            len(p.nodes),
+            p.max_positions,
+            p.vocab_size,
+            p.logits_node,
+            p.token_node,
+            sender=sender,
+        )
+        return bytes(root)
+
+    def post_claim(
+        self,
+        model: Model,
+        gen: Generation,
+        *,
+        sender: str | None = None,
+        output_tokens: list[int] | None = None,
+        trace_root: bytes | None = None,
+    ) -> int:
+        """Post the claim of a generation with the claim bond; returns the claim id."""
+        req = gen.request
+        tokens = list(gen.output_tokens) if output_tokens is None else list(output_tokens)
+        claim_id, _ = self.transact(
+            self.game,
+            "postClaim",
+            model.root,
+            list(req.prompt),
+            f32_bits(np.float32(req.temperature)),
+            req.seed,
+            tokens,
+            gen.trace.root() if trace_root is None else trace_root,
+            gen.trace.num_records,
+            sender=sender,
+            value=self.bonds[0],
+        )
+        return int(claim_id)
+
+    def finalize(self, claim_id: int, sender: str | None = None):
+        return self.transact(self.game, "finalize", claim_id, sender=sender)[1]
+
+    def prove_token_mismatch(
+        self, claim_id: int, tokens: list[int], i: int, record_root: bytes, record_path, chunk,
+        chunk_path, sender: str | None = None,
+    ):  # fmt: skip
+        return self.transact(
+            self.game, "proveTokenMismatch", claim_id, tokens, i, record_root, record_path,
+            chunk, chunk_path, sender=sender,
+        )[1]  # fmt: skip
+
+    # --- disputes ----------------------------------------------------------------------------
+
+    def open_dispute(self, claim_id: int, root: bytes, sender: str | None = None) -> int:
+        dispute_id, _ = self.transact(
+            self.game, "openDispute", claim_id, root, sender=sender, value=self.bonds[1],
+        )  # fmt: skip
+        return int(dispute_id)
+
+    def _move(self, fn: str, *args, sender=None):
+        return self.transact(self.game, fn, *args, sender=sender, value=self.bonds[2])[1]
+
+    def reveal_children(self, dispute_id: int, left: bytes, right: bytes, sender=None):
+        return self._move("revealChildren", dispute_id, left, right, sender=sender)
+
+    def open_record(self, dispute_id, dtype, length, tree, node_proof=None, sender=None):
+        node_proof = node_proof if node_proof is not None else (0, b"", [])
+        return self._move("openRecord", dispute_id, dtype, length, tree, node_proof, sender=sender)
+
+    def reveal_chunk(self, dispute_id: int, chunk: bytes, claim_chunk: bytes = b"", sender=None):
+        return self._move("revealChunk", dispute_id, chunk, claim_chunk, sender=sender)
+
+    def reveal_reduction(self, dispute_id, lv: int, li: int, rv: int, ri: int, sender=None):
+        return self._move("revealReduction", dispute_id, lv, li, rv, ri, sender=sender)
+
+    def step(self, dispute_id: int, call: StepCall, weight_count: int, sender=None):
+        """Level 4 with a StepProver call's node proof, sources and token proof."""
+        _, node_proof, _, sources, token = call.args
+        return self.transact(
+            self.game, "step", dispute_id, node_proof, sources, token or EMPTY_SOURCE,
+            weight_count, sender=sender,
+        )[1]  # fmt: skip
+
+    def timeout(self, dispute_id: int, sender=None):
+        return self.transact(self.game, "timeout", dispute_id, sender=sender)[1]
+
+    def settle(self, dispute_id: int, account: str, sender=None):
+        return self.transact(self.game, "settle", dispute_id, account, sender=sender)[1]
+
+    def withdraw(self, sender: str):
+        return self.transact(self.game, "withdraw", sender=sender)[1]
+
+    # --- state and events ------------------------------------------------------------------------
+
+    def claim(self, claim_id: int) -> ClaimState:
+        c = self.game.functions.getClaim(claim_id).call()
+        return ClaimState(*c[:3], ClaimStatus(c[3]), *[bytes(x) for x in c[4:8]], *c[8:])
+
+    def dispute(self, dispute_id: int) -> DisputeState:
+        d = list(self.game.functions.getDispute(dispute_id).call())
+        d[2] = Stage(d[2])
+        d[10] = [bytes(x) for x in d[10]]
+        d[11] = [bytes(x) for x in d[11]]
+        return DisputeState(*d)
+
+    def credit(self, account: str) -> int:
+        return int(self.game.functions.credit(account).call())
+
+    def owed(self, dispute_id: int, account: str) -> int:
+        return int(self.game.functions.owed(dispute_id, account).call())
+
+    def events(self, name: str, from_block: int = 0, **filters) -> list[dict]:
+        """Decoded logs of event `name` of the game (or registry), oldest first."""
+        contract = self.registry if name == "ModelRegistered" else self.game
+        event = getattr(contract.events, name)
+        logs = event.get_logs(from_block=from_block, argument_filters=filters or None)
+        return [dict(log["args"]) | {"blockNumber": log["blockNumber"]} for log in logs]
+
+
+class ForeignPaths:
+    """Trace-record paths against ANOTHER party's trace root, for records left of the disputed
+    record r, from one's own trace tree and the other side's level-1 reveals (docs/protocol.md
+    section 3: records before r are identical in both traces, and every sibling on their paths
+    is either left of r's path, identical, or one of the pairs the other side revealed)."""
+
+    def __init__(self, own: Any, revealed: dict[int, tuple[bytes, bytes]], r: int) -> None:
+        """`own`: a `refute.contracts.onestep.ListTree` of one's own record leaves; `revealed`:
+        height h -> the (left, right) pair the other side revealed at height h on r's path."""
+        self.own = own
+        self.revealed = revealed
+        self.r = r
+        self.count = own.count
+
+    def proof(self, index: int) -> list[bytes]:
+        if not 0 <= index < self.r:
+            raise RefuteError(f"record {index} is not left of the disputed record {self.r}")
+        out = []
+        for h in range(len(self.own.levels) - 1):
+            s = (index >> h) ^ 1
+            if s >> 1 == (self.r >> h) >> 1:
+                out.append(self.revealed[h][s & 1])
+            else:
+                level = self.own.levels[h]
+                out.append(level[s] if s < len(level) else merkle.ZERO[h])
+        return out

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: UNLICENSED
+pragma solidity 0.8.37;
+
+import {MerkleProofs} from "./MerkleProofs.sol";
+
+/// @title Bisection: the pure pieces of the dispute game (docs/protocol.md section 3).
+/// @notice Tensor roots of token lists and chunk comparison (NodeReader holds the node shape and
+///         the reduction combine step, kept out of DisputeGame's code size).
+/// @dev Invariants:
+///      - B1 (same commitments): `tokenRoot` equals `refute.engine.merkle.tensor_root` of the
+///        uint32 tokens (1 KiB chunks, tags 0x00 / 0x01 / 0x02, EMPTY padding leaves).
+///      - B3 (bounded): loops run over calldata (tokens, one chunk) or the node's rank.
+library Bisection {
+    /// @notice Tensor root of uint32 tokens (`merkle.tensor_root(np.uint32 array)`).
+    function tokenRoot(uint32[] calldata tokens) internal view returns (bytes32) {
+        uint256 n = tokens.length;
+        uint256 chunks = (n + 255) / 256;
+        bytes32[] memory level = new bytes32[](chunks == 0 ? 1 : chunks);
+        bytes memory buf = new bytes(1025 + 32); // tag byte, one chunk, slack for mstore
+        for (uint256 c; c < chunks; ++c) {
+            uint256 end = (c + 1) * 256 < n ? (c + 1) * 256 : n;
+            assembly ("memory-safe") {
+                let p := add(buf, 32)
+                // zero the chunk (the tag 0x00 is at p)
+                for { let i := 0 } lt(i, 1056) { i := add(i, 32) } { mstore(add(p, i), 0) }
+            }
+            for (uint256 i = c * 256; i < end; ++i) {
+                uint256 v = tokens[i];
+                uint256 le = ((v & 0xFF) << 24) | ((v & 0xFF00) << 8) | ((v >> 8) & 0xFF00)
+                    | (v >> 24);
+                uint256 off = 1 + 4 * (i - c * 256);
+                assembly ("memory-safe") {
+                    let p := add(add(buf, 32), off)
+                    mstore(p, or(shl(224, le), and(mload(p), 0x00000000ffffffffffffffffffffffffffffffffffffffffffffffffffffffff)))
+                }
+            }
+            bytes32 h;
+            assembly ("memory-safe") {
+                if iszero(staticcall(gas(), 0x02, add(buf, 32), 1025, 0x00, 0x20)) { revert(0, 0) }
+                h := mload(0x00)
+            }
+            level[c] = h;
+        }
+        bytes32 tree = chunks == 0 ? bytes32(0) : _treeRoot(level, chunks);
+        return MerkleProofs.tensorRoot(MerkleProofs.DTYPE_U32, n, tree);
+    }
+
+    /// @dev Root of the complete tree over `count` leaves (EMPTY padding), overwriting `level`.
+    function _treeRoot(bytes32[] memory level, uint256 count) private view returns (bytes32) {
+        bytes32 zero; // root of an all-EMPTY subtree of the current height
+        while (count > 1) {
+            uint256 half = (count + 1) / 2;
+            for (uint256 i; i < half; ++i) {
+                bytes32 right = 2 * i + 1 < count ? level[2 * i + 1] : zero;
+                level[i] = MerkleProofs.nodeHash(level[2 * i], right);
+            }
+            zero = MerkleProofs.nodeHash(zero, zero);
+            count = half;
+        }
+        return level[0];
+    }
+
+    /// @notice Whether chunk[from:1024] is all zero (`from` a multiple of 4).
+    function zeroFrom(bytes calldata chunk, uint256 from) internal pure returns (bool) {
+        for (uint256 i = from; i < 1024; i += 32) {
+            uint256 w;
+            assembly ("memory-safe") {
+                w := calldataload(add(chunk.offset, i))
+            }
+            if (i + 32 > 1024) w >>= 8 * (i + 32 - 1024);
+            if (w != 0) return false;
+        }
+        return true;
+    }
+
+    /// @notice The little-endian uint32 at element j (< 256) of a 1 KiB chunk.
+    function word(bytes calldata chunk, uint256 j) internal pure returns (uint32) {
+        uint256 w;
+        assembly ("memory-safe") {
+            w := shr(224, calldataload(add(chunk.offset, mul(j, 4))))
+        }
+        return uint32(
+            ((w >> 24) & 0xFF) | ((w >> 8) & 0xFF00) | ((w << 8) & 0xFF0000)
+                | ((w << 24) & 0xFF000000)
+        );
+    }
+
+    /// @notice First element j < used where the two chunks differ; 256 if none.
+    function firstDifference(bytes calldata a, bytes calldata b, uint256 used)
+        internal
+        pure
+        returns (uint256)
+    {
+        for (uint256 i; i < 1024; i += 32) {
+            uint256 x;
+            uint256 y;
+            assembly ("memory-safe") {
+                x := calldataload(add(a.offset, i))
+                y := calldataload(add(b.offset, i))
+            }
+            if (x != y) {
+                uint256 j = i / 4;
+                while ((x >> (224 - 32 * (j - i / 4))) & 0xFFFFFFFF == (y >> (224 - 32 * (j - i / 4))) & 0xFFFFFFFF) {
+                    ++j;
+                }
+                return j < used ? j : 256;
+            }
+        }
+        return 256;
+    }
+}
