@@ -69,10 +69,14 @@ def tree_root(leaves: list[bytes]) -> bytes:
         return EMPTY
     level = list(leaves)
     height = 0
+    sha = hashlib.sha256
     while len(level) > 1:
         if len(level) % 2:
             level.append(ZERO[height])
-        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+        # node_hash inlined: this loop is most of the cost of committing weights
+        level = [
+            sha(TAG_NODE + a + b).digest() for a, b in zip(level[0::2], level[1::2], strict=True)
+        ]
         height += 1
     return level[0]
 
@@ -153,7 +157,14 @@ def _leaf(piece: memoryview | bytes) -> bytes:
 
 
 def _leaves_serial(view: memoryview, lo: int, hi: int) -> list[bytes]:
-    return [_leaf(view[i : i + CHUNK_BYTES]) for i in range(lo, hi, CHUNK_BYTES)]
+    full = lo + (hi - lo) // CHUNK_BYTES * CHUNK_BYTES
+    sha = hashlib.sha256
+    leaves = [
+        sha(TAG_LEAF + view[i : i + CHUNK_BYTES]).digest() for i in range(lo, full, CHUNK_BYTES)
+    ]
+    if full < hi:
+        leaves.append(_leaf(view[full:hi]))
+    return leaves
 
 
 def chunk_leaves(data: bytes | memoryview) -> list[bytes]:
