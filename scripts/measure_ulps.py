@@ -34,6 +34,9 @@ def main(stride: int, offset: int, only: tuple[str, ...], json_path: str | None)
                 report.update(bits)
                 bar.update(bits.size)
         reports.append(report)
+        if json_path:  # written after every function, so a long sweep keeps what it finished
+            with open(json_path, "w") as fh:
+                json.dump([asdict(r) for r in reports], fh, indent=1)
     print(f"\n{reports[0].inputs} inputs per function (stride {stride}, offset {offset})\n")
     print(
         "| function | max ulp, normal results | at x = | max error, subnormal results "
@@ -50,9 +53,6 @@ def main(stride: int, offset: int, only: tuple[str, ...], json_path: str | None)
     for r in reports:
         for (lo, hi), worst in zip(accuracy.REGIONS.get(r.name, ()), r.region_max_ulp, strict=True):
             print(f"- {r.name} on [{lo}, {hi}): max {worst:.3f} ulp (2^-149 units where subnormal)")
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump([asdict(r) for r in reports], fh, indent=1)
 
 
 if __name__ == "__main__":
