@@ -1,0 +1,372 @@
+"""What prover and challenger share: one side's moves computed from its own generation, and a
+dispute loop driven only by chain state (docs/protocol.md sections 3-5).
+
+`Side` answers every move of a dispute from one generation (the prover's own, or the
+challenger's re-execution): tree children at levels 1 and 2 from the trace and chunk trees,
+record openings and chunks recomputed from the caches (`StepProver.outputs`, which calls
+`Executor.recompute`), level-3 children from the element's reduction tree, and the one-step call.
+`Player` is the client base: `play(dispute_id)` reads the dispute, decides whose turn it is, and
+makes at most the one move due (or the step, or a timeout), logging it to the client's `Store`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from refute.bisection.store import Store
+from refute.contracts.game import (
+    CHALLENGE,
+    CLAIM,
+    ForeignPaths,
+    GameClient,
+    GameError,
+    Stage,
+)
+from refute.contracts.onestep import ListTree, StepCall, StepProver, f32_bits
+from refute.engine import merkle, steps
+from refute.engine.executor import Executor, Generation, Request
+from refute.engine.ir import Op, Reducer
+from refute.engine.model import Model
+from refute.kernels import reference as ref
+
+LEVEL = {
+    Stage.TRACE: 1, Stage.RECORD: 1, Stage.CHUNKS: 2, Stage.CHUNK: 2, Stage.REDUCTION: 3,
+    Stage.STEP: 4,
+}  # fmt: skip
+SIDE_NAMES = ("claim", "challenge")
+
+
+def request_to_json(r: Request) -> dict[str, Any]:
+    return {"prompt": list(r.prompt), "max_new_tokens": r.max_new_tokens,
+            "temperature": r.temperature, "seed": str(r.seed)}  # fmt: skip
+
+
+def request_from_json(d: dict[str, Any]) -> Request:
+    return Request(tuple(d["prompt"]), d["max_new_tokens"], d["temperature"], int(d["seed"]))
+
+
+def bits_to_f32(bits: int) -> float:
+    return float(np.array([bits], np.uint32).view(np.float32)[0])
+
+
+class Side:
+    """One side's knowledge for playing disputes: a model, an executor and one generation. With
+    `consistent_lies`, a side whose own reduction tree does not reach the value it committed to
+    fabricates level-3 children that do (a cheater who lies consistently down to the leaf)."""
+
+    def __init__(
+        self, model: Model, executor: Executor, gen: Generation, consistent_lies: bool = False
+    ) -> None:
+        self.model = model
+        self.gen = gen
+        self.prover = StepProver(model, executor, gen)
+        self.consistent_lies = consistent_lies
+        self._tensors: dict[tuple[int, int], tuple[int, bytes, ListTree]] = {}
+
+    @staticmethod
+    def children(tree: ListTree, height: int, index: int) -> tuple[bytes, bytes]:
+        level = tree.levels[height - 1]
+        pick = [level[i] if i < len(level) else merkle.ZERO[height - 1]
+                for i in (2 * index, 2 * index + 1)]  # fmt: skip
+        return pick[0], pick[1]
+
+    def tensor(self, t: int, n: int) -> tuple[int, bytes, ListTree]:
+        """Record (t, n)'s output encoded, with its chunk tree (recomputed from the caches)."""
+        if (t, n) not in self._tensors:
+            dtype, data = merkle.encode(self.prover.outputs(t)[n])
+            data = bytes(data)
+            self._tensors[(t, n)] = (dtype, data, ListTree(merkle.chunk_leaves(data)))
+        return self._tensors[(t, n)]
+
+    def record_open(self, t: int, n: int) -> tuple[int, int, bytes]:
+        dtype, data, tree = self.tensor(t, n)
+        return dtype, len(data) // 4, tree.levels[-1][0]
+
+    def chunk(self, t: int, n: int, c: int) -> bytes:
+        data = self.tensor(t, n)[1]
+        piece = data[c * 1024 : (c + 1) * 1024]
+        return piece + bytes(1024 - len(piece))
+
+    def reduction(self, d: Any, side: int) -> tuple[int, int, int, int]:
+        """Children of the current reduction-tree node, from this side's own tree."""
+        levels, _ = self.prover.tree_levels(d.position, d.node_id, d.element)
+        node = self.prover.program.nodes[d.node_id]
+        left, right = levels[d.height - 1][2 * d.index], levels[d.height - 1][2 * d.index + 1]
+        if node.op == Op.SAMPLE or node.reducer == Reducer.ARGMAX:
+            return f32_bits(left[0]), int(left[1]), f32_bits(right[0]), int(right[1])
+        lv, rv = f32_bits(left), f32_bits(right)
+        if self.consistent_lies and _combine(node.reducer, lv, rv) != d.value[side]:
+            lv, rv = _fabricate(node.reducer, d.value[side], lv, rv)
+        return lv, 0, rv, 0
+
+    def step_call(
+        self, game: GameClient, dispute_id: int, d: Any, side: int, since: int
+    ) -> StepCall:
+        """The one-step call, with proofs against the CLAIM's trace root (for the challenge
+        side: its own tree with the claim side's level-1 reveals, see `ForeignPaths`)."""
+        prover = self.prover
+        node = prover.program.nodes[d.node_id]
+        saved = prover.trace_tree
+        if side == CHALLENGE:
+            r = d.position * len(prover.program.nodes) + d.node_id
+            prover.trace_tree = ForeignPaths(saved, claim_reveals(game, dispute_id, since), r)
+        try:
+            if node.op in (Op.REDUCE, Op.SAMPLE):
+                return prover.step(d.position, d.node_id, d.element, leaf=d.index)
+            return prover.step(d.position, d.node_id, d.element)
+        finally:
+            prover.trace_tree = saved
+
+
+def _combine(reducer: Reducer, lv: int, rv: int) -> int:
+    a, b = (np.array([x], np.uint32).view(np.float32) for x in (lv, rv))
+    out = ref.add(a, b) if reducer == Reducer.SUM else ref.maximum(a, b)
+    return f32_bits(np.float32(out[0]))
+
+
+def _fabricate(reducer: Reducer, parent: int, lv: int, rv: int) -> tuple[int, int]:
+    """Children that combine to `parent`: one kept true, the other searched near parent - kept."""
+    if reducer == Reducer.MAX:
+        return parent, rv
+    p = bits_to_f32(parent)
+    for keep_right in (True, False):
+        kept = rv if keep_right else lv
+        guess = f32_bits(np.float32(p - bits_to_f32(kept)))
+        for delta in range(64):
+            for cand in (guess + delta, guess - delta):
+                pair = (cand, kept) if keep_right else (kept, cand)
+                if 0 <= cand < 2**32 and _combine(reducer, *pair) == parent:
+                    return pair
+    return parent, (0x80000000 if parent == 0x80000000 else 0)
+
+
+def claim_reveals(game: GameClient, dispute_id: int, since: int) -> dict[int, tuple[bytes, bytes]]:
+    """height -> the (left, right) pair the claim side revealed on the level-1 path."""
+    pairs = [
+        bytes(m["data"]) for m in game.events("Moved", since, disputeId=dispute_id)
+        if m["level"] == 1 and m["side"] == CLAIM and len(m["data"]) == 64
+    ]  # fmt: skip
+    return {len(pairs) - 1 - k: (p[:32], p[32:]) for k, p in enumerate(pairs)}
+
+
+def describe(model: Model, d: Any) -> dict[str, Any]:
+    """The disputed operation in model terms: token position, layer, node, element, values."""
+    program = model.program
+    node = program.nodes[d.node_id]
+    shape = program.resolve(node.shape, d.position)
+    layer = node.name.split(".")[1] if node.name.startswith("layers.") else None
+    kind = node.op.name.lower()
+    if node.op == Op.REDUCE:
+        kind += f" {node.reducer.name.lower()}"
+    out = {
+        "position": d.position, "layer": None if layer is None else int(layer),
+        "node_id": d.node_id, "node": node.name, "op": kind,
+        "fn": node.fn.name.lower() if node.fn is not None else None,
+        "element": d.element, "coords": list(steps.coords(tuple(shape), d.element)),
+        "shape": list(shape),
+    }  # fmt: skip
+    if d.value_known or node.op not in (Op.SAMPLE,):
+        out["claim_value"] = bits_to_f32(d.value[CLAIM])
+        out["challenge_value"] = bits_to_f32(d.value[CHALLENGE])
+    if node.op == Op.SAMPLE or node.reducer == Reducer.ARGMAX:
+        out["claim_index"], out["challenge_index"] = d.value_index[CLAIM], d.value_index[CHALLENGE]
+    if node.op in (Op.REDUCE, Op.SAMPLE) and d.stage in (Stage.STEP, Stage.RESOLVED):
+        out["leaf"] = d.index
+    return out
+
+
+class Player:
+    """Base of the clients: plays side `SIDE` of its disputes from chain state alone."""
+
+    SIDE = CLAIM
+
+    def __init__(
+        self, game: GameClient, model: Model, directory: Any, account: str,
+        executor: Executor | None = None, consistent_lies: bool = False,
+    ) -> None:  # fmt: skip
+        self.game = game
+        self.model = model
+        self.executor = executor if executor is not None else Executor(model)
+        self.account = account
+        self.consistent_lies = consistent_lies
+        self.store = Store(directory, {"account": account, "claims": {}, "disputes": {},
+                                       "moves": [], "cursor": 0})  # fmt: skip
+        self._sides: dict[int, Side] = {}
+
+    # --- to implement -----------------------------------------------------------------------
+
+    def side_for(self, claim_id: int) -> Side:
+        """This client's generation for a claim (its own, or its re-execution)."""
+        raise NotImplementedError
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _generate(self, request: Request) -> Generation:
+        (gen,) = self.executor.generate([request])
+        return gen
+
+    def _side(self, claim_id: int, gen: Generation) -> Side:
+        side = Side(self.model, self.executor, gen, self.consistent_lies)
+        self._sides[claim_id] = side
+        return side
+
+    def now(self) -> int:
+        return int(self.game.w3.eth.get_block("latest")["timestamp"])
+
+    @property
+    def disputes(self) -> dict[str, dict[str, Any]]:
+        return self.store["disputes"]
+
+    @property
+    def moves(self) -> list[dict[str, Any]]:
+        """Every transaction this client sent in its games, with its gas (persisted)."""
+        return self.store["moves"]
+
+    def _log(self, dispute_id: int, d: Any, fn: str, receipt: Any, **extra: Any) -> dict:
+        entry = {
+            "dispute": dispute_id, "claim": d.claim_id, "fn": fn, "side": SIDE_NAMES[self.SIDE],
+            "stage": d.stage.name, "level": LEVEL.get(d.stage), "height": d.height,
+            "index": d.index, "gas": int(receipt["gasUsed"]), "block": int(receipt["blockNumber"]),
+            "mover": self.account, "time": time.time(),
+        } | extra  # fmt: skip
+        self.moves.append(entry)
+        self.store.save()
+        return entry
+
+    # --- the game loop ------------------------------------------------------------------------
+
+    def play(self, dispute_id: int) -> dict[str, Any] | None:
+        """Make the move due in one dispute, if any (this side's move, the step it wins, or the
+        opponent's timeout); record the outcome once resolved. Returns the move made, if any."""
+        info = self.disputes[str(dispute_id)]
+        if info.get("winner") is not None:
+            return None
+        g = self.game
+        d = g.dispute(dispute_id)
+        me = self.SIDE
+        if d.stage == Stage.RESOLVED:
+            info["winner"] = SIDE_NAMES[d.winner - 1]
+            levels = [e["level"] for e in self.game.events(
+                "LevelCompleted", info["block"], disputeId=dispute_id)]  # fmt: skip
+            info["levels"] = levels
+            info["end"] = describe(self.model, d) if 2 in levels else None
+            self.store.save()
+            return None
+        if d.stage != Stage.STEP and d.to_move != me:
+            if self.now() > d.turn_start + d.clock[d.to_move]:
+                return self._try(dispute_id, d, "timeout", lambda: g.timeout(dispute_id,
+                                 sender=self.account))  # fmt: skip
+            return None
+        side = self.side_for(d.claim_id)
+        if d.stage == Stage.STEP:
+            return self._maybe_step(dispute_id, d, side)
+        send = self.account
+        if d.stage in (Stage.TRACE, Stage.CHUNKS):
+            tree = (side.prover.trace_tree if d.stage == Stage.TRACE
+                    else side.tensor(d.position, d.node_id)[2])  # fmt: skip
+            left, right = Side.children(tree, d.height, d.index)
+            return self._try(
+                dispute_id,
+                d,
+                "revealChildren",
+                lambda: g.reveal_children(dispute_id, left, right, sender=send),
+            )
+        if d.stage == Stage.RECORD:
+            dtype, length, root = side.record_open(d.position, d.node_id)
+            proof = side.prover.node_proof(d.node_id) if me == CLAIM else None
+            return self._try(dispute_id, d, "openRecord", lambda: g.open_record(
+                dispute_id, dtype, length, root, proof, sender=send), record=[d.position,
+                d.node_id])  # fmt: skip
+        if d.stage == Stage.CHUNK:
+            chunk = side.chunk(d.position, d.node_id, d.index)
+            other = b""
+            if me == CHALLENGE:  # re-send the claim side's chunk, from its Moved event
+                mine = [m for m in g.events("Moved", info["block"], disputeId=dispute_id)
+                        if m["side"] == CLAIM]  # fmt: skip
+                other = bytes(mine[-1]["data"])
+            return self._try(
+                dispute_id,
+                d,
+                "revealChunk",
+                lambda: g.reveal_chunk(dispute_id, chunk, other, sender=send),
+            )
+        if d.stage == Stage.REDUCTION:
+            lv, li, rv, ri = side.reduction(d, me)
+            return self._try(dispute_id, d, "revealReduction", lambda: g.reveal_reduction(
+                dispute_id, lv, li, rv, ri, sender=send), values=[bits_to_f32(lv),
+                bits_to_f32(rv)])  # fmt: skip
+        return None
+
+    def _maybe_step(self, dispute_id: int, d: Any, side: Side) -> dict[str, Any] | None:
+        """Call the one step if this side's data says it wins it; else let the other side call
+        it (or the claim side's clock run out: it runs while the step is awaited)."""
+        call = side.step_call(self.game, dispute_id, d, self.SIDE, self.disputes[str(dispute_id)]
+                              ["block"])  # fmt: skip
+        node = side.prover.program.nodes[d.node_id]
+        if node.op == Op.SAMPLE or node.reducer == Reducer.ARGMAX:
+            claim_ok = call.index == d.value_index[CLAIM] and (
+                not d.value_known or call.value == d.value[CLAIM]
+            )
+        else:
+            claim_ok = call.value == d.value[CLAIM]
+        if claim_ok != (self.SIDE == CLAIM):
+            if d.to_move != self.SIDE and self.now() > d.turn_start + d.clock[d.to_move]:
+                return self._try(
+                    dispute_id,
+                    d,
+                    "timeout",
+                    lambda: self.game.timeout(dispute_id, sender=self.account),
+                )
+            return None
+        weights = len(side.prover.program.weights)
+        return self._try(dispute_id, d, "step", lambda: self.game.step(
+            dispute_id, call, weights, sender=self.account), step=call.label)  # fmt: skip
+
+    def _try(self, dispute_id: int, d: Any, fn: str, send: Any, **extra: Any) -> dict | None:
+        """Send a move; a revert because someone else moved first is not an error (anyone may
+        move for either side at levels 1-2, and the step and timeouts are open to all)."""
+        try:
+            receipt = send()
+        except GameError as exc:
+            if exc.name in (
+                "ChildrenMismatch",
+                "RecordMismatch",
+                "WrongStage",
+                "DisputeNotActive",
+                "ClockNotExpired",
+                "ChunkMismatch",
+            ):
+                return None  # fmt: skip
+            raise
+        return self._log(dispute_id, d, fn, receipt, **extra)
+
+    def play_all(self) -> list[dict[str, Any]]:
+        """One pass over every dispute this client plays."""
+        made = []
+        for key in list(self.disputes):
+            move = self.play(int(key))
+            if move is not None:
+                made.append(move)
+        return made
+
+    def active(self) -> list[int]:
+        """Disputes this client plays that have not resolved yet (as last seen)."""
+        return [int(k) for k, v in self.disputes.items() if v.get("winner") is None]
+
+    def collect(self) -> int:
+        """Settle this client's move bonds in every resolved dispute (once each), then withdraw
+        its whole credit. Returns the amount withdrawn (wei)."""
+        for key, info in self.disputes.items():
+            if info.get("winner") is not None and not info.get("settled"):
+                self.game.settle(int(key), self.account, sender=self.account)
+                info["settled"] = True
+                self.store.save()
+        amount = self.game.credit(self.account)
+        if amount:
+            self.game.withdraw(self.account)
+            self.store["withdrawn"] = self.store.data.get("withdrawn", 0) + amount
+            self.store.save()
+        return amount
