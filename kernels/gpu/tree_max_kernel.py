@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from refute.kernels.gpu import spec
-from refute.kernels.gpu._runtime import LAUNCH_OPTIONS, Io, next_pow2, quiet
-from refute.kernels.gpu.tree_sum_kernel import PLANS, block_plan
+from refute.kernels.gpu import spec, tree_sum_kernel
+from refute.kernels.gpu._runtime import Io
+from refute.kernels.gpu.tree_sum_kernel import PLANS
 
 
 @triton.jit
@@ -42,30 +42,9 @@ def reduce_strided(
     io: Io, x: torch.Tensor, n_rows: int, n_cols: int, stride_r: int, stride_c: int
 ) -> torch.Tensor:
     """Tree maxima of n_rows rows of n_cols strided elements -> [n_rows]; empty rows give -inf."""
-    if n_cols == 0:
-        return io.full((n_rows,), float("-inf"))
-    width = next_pow2(n_cols)
-    while True:
-        rows_per, block = block_plan(width, n_rows)
-        nb = width // block
-        out = io.empty(n_rows, nb)
-        if n_rows:
-            with quiet():
-                tree_max_kernel[(triton.cdiv(n_rows, rows_per), nb)](
-                    x,
-                    out,
-                    n_rows,
-                    n_cols,
-                    stride_r,
-                    stride_c,
-                    nb,
-                    ROWS=rows_per,
-                    BLOCK=block,
-                    **LAUNCH_OPTIONS,
-                )
-        if nb == 1:
-            return out.view(n_rows)
-        x, n_cols, stride_r, stride_c, width = out, nb, nb, 1, nb
+    return tree_sum_kernel.reduce_strided(
+        io, x, n_rows, n_cols, stride_r, stride_c, kernel=tree_max_kernel, empty=float("-inf")
+    )
 
 
 def tree_max(x: Any) -> Any:

@@ -53,11 +53,22 @@ def block_plan(width: int, rows: int) -> tuple[int, int]:
 
 
 def reduce_strided(
-    io: Io, x: torch.Tensor, n_rows: int, n_cols: int, stride_r: int, stride_c: int
+    io: Io,
+    x: torch.Tensor,
+    n_rows: int,
+    n_cols: int,
+    stride_r: int,
+    stride_c: int,
+    kernel: Any = None,
+    empty: float = 0.0,
 ) -> torch.Tensor:
-    """Tree sums of n_rows rows of n_cols elements laid out with the given strides -> [n_rows]."""
+    """Tree reductions of n_rows rows of n_cols strided elements -> [n_rows], pass after pass:
+    each pass reduces aligned blocks (subtrees) to one value, until one is left. `kernel` is
+    tree_sum_kernel (default) or a kernel with its signature (tree_max_kernel); `empty` is what
+    an empty row gives."""
+    kernel = tree_sum_kernel if kernel is None else kernel
     if n_cols == 0:
-        return io.full((n_rows,), 0.0)
+        return io.full((n_rows,), empty)
     width = next_pow2(n_cols)
     while True:
         rows_per, block = block_plan(width, n_rows)
@@ -65,7 +76,7 @@ def reduce_strided(
         out = io.empty(n_rows, nb)
         if n_rows:
             with quiet():
-                tree_sum_kernel[(triton.cdiv(n_rows, rows_per), nb)](
+                kernel[(triton.cdiv(n_rows, rows_per), nb)](
                     x,
                     out,
                     n_rows,
