@@ -48,3 +48,24 @@ def deploy(w3: Web3, name: str, *args: Any, sender: str | None = None) -> Contra
     if receipt["status"] != 1 or receipt["contractAddress"] is None:
         raise ChainConnectionError(f"deployment of {name} failed (tx {tx_hash.hex()})")
     return w3.eth.contract(address=receipt["contractAddress"], abi=artifact.abi)
+
+
+def is_embedded(w3: Web3) -> bool:
+    """Whether `w3` is an in-process py-evm chain (no server)."""
+    return isinstance(w3.provider, EthereumTesterProvider)
+
+
+def set_next_timestamp(w3: Web3, timestamp: int) -> None:
+    """Jump the chain's clock (test and demo chains only): the latest block gets `timestamp` - 1
+    and the next transaction's block `timestamp`, on the embedded chain (eth-tester's
+    time_travel) and on anvil (evm_mine at a timestamp, then evm_setNextBlockTimestamp)."""
+    if is_embedded(w3):
+        w3.provider.ethereum_tester.time_travel(timestamp)
+        return
+    for method, params in (
+        ("evm_mine", [timestamp - 1]),
+        ("evm_setNextBlockTimestamp", [timestamp]),
+    ):
+        response = w3.provider.make_request(method, params)
+        if "error" in response:
+            raise ChainConnectionError(f"{method} failed: {response['error']}")

@@ -273,15 +273,18 @@ class GameClient:
         sender: str | None = None,
         output_tokens: list[int] | None = None,
         trace_root: bytes | None = None,
+        prompt: list[int] | None = None,
     ) -> int:
-        """Post the claim of a generation with the claim bond; returns the claim id."""
+        """Post the claim of a generation with the claim bond; returns the claim id. The
+        overrides (tokens, trace root, prompt) post something else than the generation: they
+        exist to play cheating provers."""
         req = gen.request
         tokens = list(gen.output_tokens) if output_tokens is None else list(output_tokens)
         claim_id, _ = self.transact(
             self.game,
             "postClaim",
             model.root,
-            list(req.prompt),
+            list(req.prompt) if prompt is None else list(prompt),
             f32_bits(np.float32(req.temperature)),
             req.seed,
             tokens,
