@@ -58,7 +58,10 @@ class Challenger(Player):
         g = self.game
         latest = g.w3.eth.block_number
         made = []
-        for e in g.events("ClaimPosted", self.store["cursor"]):
+        posted = (
+            g.events("ClaimPosted", self.store["cursor"]) if self.store["cursor"] <= latest else []
+        )
+        for e in posted:
             if str(e["claimId"]) not in self.store["claims"]:
                 entry = self.check(e)
                 if entry is not None:

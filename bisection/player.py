@@ -214,7 +214,9 @@ class Player:
         return side
 
     def now(self) -> int:
-        return int(self.game.w3.eth.get_block("latest")["timestamp"])
+        """The time the next transaction will run at: the pending block's timestamp (the
+        latest block's can be far behind on a chain that mines only on transactions)."""
+        return int(self.game.w3.eth.get_block("pending")["timestamp"])
 
     @property
     def disputes(self) -> dict[str, dict[str, Any]]:

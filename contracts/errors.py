@@ -17,3 +17,7 @@ class ArtifactNotFoundError(RefuteError, LookupError):
 
 class ChainConnectionError(RefuteError, ConnectionError):
     """A JSON-RPC node could not be reached or is not usable."""
+
+
+class DeploymentError(RefuteError):
+    """No usable deployment: no contract at the address given, or not the expected one."""

@@ -28,6 +28,7 @@ from web3.exceptions import ContractCustomError, ContractLogicError
 
 from refute.contracts.artifacts import load
 from refute.contracts.chain import connect, deploy
+from refute.contracts.errors import DeploymentError
 from refute.contracts.onestep import EMPTY_SOURCE, StepCall, f32_bits
 from refute.engine import merkle
 from refute.engine.executor import Generation
@@ -204,6 +205,25 @@ class GameClient:
             sender=sender,
         )
         return cls(w3, registry, verifier, game)
+
+    @classmethod
+    def at(cls, w3: Web3, address: str) -> GameClient:
+        """The game deployed at `address` (with the registry and verifier it was built on)."""
+        if not w3.eth.get_code(Web3.to_checksum_address(address)):
+            raise DeploymentError(f"no contract at {address}")
+        game = w3.eth.contract(
+            address=Web3.to_checksum_address(address), abi=load("DisputeGame").abi
+        )
+        try:
+            registry, verifier = game.functions.registry().call(), game.functions.verifier().call()
+        except (ContractLogicError, ValueError) as exc:
+            raise DeploymentError(f"the contract at {address} is not a DisputeGame") from exc
+        return cls(
+            w3,
+            w3.eth.contract(address=registry, abi=load("ModelRegistry").abi),
+            w3.eth.contract(address=verifier, abi=load("OneStepVerifier").abi),
+            game,
+        )
 
     # --- plumbing ------------------------------------------------------------------------------
 

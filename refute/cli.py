@@ -406,3 +406,7 @@ def demo(
         click.echo(render(out))
     ok = [c["status"] for c in out["claims"]] == ["finalized", "overturned"]
     sys.exit(0 if ok else 1)
+
+
+# the long-running processes register themselves on `main`
+from refute import cli_service  # noqa: E402, F401

@@ -1,0 +1,5 @@
+"""`python -m refute` runs the command line (as the `refute` script does)."""
+
+from refute.cli import main
+
+main()

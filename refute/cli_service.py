@@ -1,0 +1,416 @@
+"""`refute prove` and `refute watch`: the long-running processes (bisection/service.py).
+
+Both run against the embedded chain (private to the process: it deploys the contracts itself) or
+a node given with --rpc, where the first process deploys the game (or is given --game) and
+writes `deployment.json` into its state directory; others join with --game ADDRESS. Events go
+to stdout (or --log-file) as JSON lines; a status line is drawn on stderr when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import click
+
+from refute.cli import _parse_tokens, backend_option, main
+
+DEFAULT_ACCOUNT = {"prover": 1, "watcher": 2}
+
+
+def _service_options(role: str) -> Callable:
+    """The options `refute prove` and `refute watch` share."""
+    options = [
+        click.option(
+            "--rpc",
+            "rpc_url",
+            default=None,
+            help="JSON-RPC URL of a node (default: an embedded py-evm chain, private to "
+            "this process)",
+        ),
+        click.option(
+            "--game",
+            "game_address",
+            default=None,
+            help="address of a deployed DisputeGame (default: the one in the state "
+            "directory's deployment.json, else deploy a new one)",
+        ),
+        click.option(
+            "--model",
+            "model_ref",
+            default=None,
+            help="built-in model (tiny-llama, tiny-gpt2) or checkpoint directory "
+            "(default: the shipped demo checkpoint)",
+        ),
+        click.option(
+            "--state",
+            "state_dir",
+            default=None,
+            type=click.Path(file_okay=False, path_type=Path),
+            help=f"state directory, kept across restarts (default with --rpc: "
+            f"refute-state/{role}; embedded: a new temporary directory)",
+        ),
+        click.option(
+            "--account",
+            default=str(DEFAULT_ACCOUNT[role]),
+            show_default=True,
+            help="an unlocked account of the node: its index or address",
+        ),
+        click.option(
+            "--key-env",
+            default=None,
+            metavar="VAR",
+            help="sign locally with the private key held in environment variable VAR "
+            "(instead of an unlocked account)",
+        ),
+        click.option(
+            "--interval",
+            default=2.0,
+            show_default=True,
+            type=click.FloatRange(min=0.05),
+            help="seconds between polls when idle",
+        ),
+        click.option(
+            "--max-seconds", default=None, type=click.FloatRange(min=0), help="exit after this long"
+        ),
+        click.option(
+            "--until-idle",
+            is_flag=True,
+            help="exit once no request, pending claim or active dispute is left",
+        ),
+        click.option(
+            "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
+        ),
+        click.option(
+            "--log-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="append the event log here (default: stdout)",
+        ),
+        click.option(
+            "--window",
+            default=3600,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="challenge window W in seconds (when deploying)",
+        ),
+        click.option(
+            "--clock",
+            default=1800,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="each side's chess clock C in seconds (when deploying)",
+        ),
+        click.option(
+            "--extension",
+            default=120,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="clock extension E in seconds, <= C (when deploying)",
+        ),
+        click.option(
+            "--bonds",
+            default="1e18,5e17,1e15",
+            show_default=True,
+            help="claim, challenge and move bonds in wei (when deploying)",
+        ),
+        backend_option,
+    ]
+
+    def wrap(f: Callable) -> Callable:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+def _bonds(text: str) -> tuple[int, int, int]:
+    try:
+        amounts = [Decimal(x) for x in text.split(",")]
+    except InvalidOperation:
+        amounts = []
+    values = tuple(int(a) for a in amounts if a == a.to_integral_value())
+    if len(values) != 3 or len(amounts) != 3 or min(values) < 0:
+        raise click.BadParameter(
+            f"expected three amounts in wei, got {text!r}", param_hint="--bonds"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _account(w3: Any, ref: str, key_env: str | None) -> str:
+    """The sending account: a local key (signing middleware) or one of the node's accounts."""
+    if key_env is not None:
+        from eth_account import Account
+        from web3.middleware import SignAndSendRawMiddlewareBuilder
+
+        key = os.environ.get(key_env)
+        if not key:
+            raise click.UsageError(f"environment variable {key_env} holds no private key")
+        try:
+            local = Account.from_key(key)
+        except (ValueError, TypeError) as exc:
+            raise click.UsageError(f"{key_env} does not hold a valid private key") from exc
+        w3.middleware_onion.inject(SignAndSendRawMiddlewareBuilder.build(local), layer=0)
+        w3.eth.default_account = local.address
+        return local.address
+    accounts = list(w3.eth.accounts)
+    if ref.isdigit():
+        if int(ref) >= len(accounts):
+            raise click.BadParameter(
+                f"the node has {len(accounts)} unlocked accounts", param_hint="--account"
+            )
+        return accounts[int(ref)]
+    matches = [a for a in accounts if a.lower() == ref.lower()]
+    if not matches:
+        raise click.BadParameter(
+            f"{ref} is not an unlocked account of the node; use --key-env", param_hint="--account"
+        )
+    return matches[0]
+
+
+def _open(role: str, opts: dict[str, Any]):
+    """Chain, account, game (joined or deployed), model and log of a service process."""
+    from refute.bisection.service import Deployment, EventLog
+    from refute.contracts.chain import connect
+    from refute.contracts.game import GameClient, GameParams
+    from refute.demo_model import DEMO_MODEL_DIR
+    from refute.engine.checkpoint import load_model
+
+    rpc = opts["rpc_url"]
+    state = opts["state_dir"]
+    if state is None:
+        state = Path(f"refute-state/{role}") if rpc else Path(tempfile.mkdtemp(prefix="refute-"))
+    if rpc is None and (state / "deployment.json").exists():
+        raise click.UsageError(
+            f"{state} belongs to an earlier chain; an embedded chain starts "
+            "empty: give a new --state"
+        )
+    stream = open(opts["log_file"], "a") if opts["log_file"] else sys.stdout
+    log = EventLog(stream, role, opts["log_format"])
+    w3 = connect(rpc)
+    account = _account(w3, opts["account"], opts["key_env"])
+    model = load_model(opts["model_ref"] or DEMO_MODEL_DIR)
+    saved = state / Deployment.FILE
+    address = opts["game_address"]
+    if address is None and saved.exists():
+        address = Deployment.load(state).game
+    if address is not None:
+        game = GameClient.at(w3, address)
+        deployment = Deployment.of(game, rpc, 0)
+        if saved.exists():
+            old = Deployment.load(state)
+            if (old.game, old.chain_id) != (deployment.game, deployment.chain_id):
+                raise click.UsageError(
+                    f"{state} holds the state of game {old.game} on chain "
+                    f"{old.chain_id}: give another --state"
+                )
+            deployment = old
+        log(
+            "joined",
+            game=game.game.address,
+            chain_id=deployment.chain_id,
+            model=model.name,
+            model_root=model.root,
+            account=account,
+            state=str(state),
+        )
+    else:
+        claim, challenge, move = _bonds(opts["bonds"])
+        if opts["extension"] > opts["clock"]:
+            raise click.BadParameter(
+                "the extension must not exceed the clock", param_hint="--extension"
+            )
+        params = GameParams(
+            claim_bond=claim,
+            challenge_bond=challenge,
+            move_bond=move,
+            window=opts["window"],
+            clock=opts["clock"],
+            extension=opts["extension"],
+        )
+        block = w3.eth.block_number
+        game = GameClient.deploy(w3=w3, params=params, sender=account)
+        deployment = Deployment.of(game, rpc, block)
+        log(
+            "deployed",
+            game=game.game.address,
+            registry=game.registry.address,
+            verifier=game.verifier.address,
+            chain_id=deployment.chain_id,
+            chain=rpc or "embedded",
+            params=params.__dict__,
+            state=str(state),
+            join=f"refute watch --rpc {rpc} --game {game.game.address}" if rpc else None,
+        )
+    deployment.save(state)
+    return game, model, account, log, state, deployment
+
+
+def _run(service: Any, opts: dict[str, Any]) -> None:
+    from refute.bisection.service import StatusLine, stop_on_signals
+
+    stop = threading.Event()
+    restore = stop_on_signals(stop)
+    status = StatusLine()
+    service.status = status
+    try:
+        service.run(stop, max_seconds=opts["max_seconds"], until_idle=opts["until_idle"])
+    finally:
+        status.close()
+        restore()
+
+
+def _executor(model: Any, opts: dict[str, Any], tamper: Any = None):
+    from refute.engine import backends
+    from refute.engine.executor import Executor
+
+    return Executor(model, backend=backends.make(opts["backend_name"]), tamper=tamper)
+
+
+@main.command()
+@_service_options("prover")
+@click.option("--prompt", "prompts", multiple=True, help="claim a completion of this text")
+@click.option(
+    "--prompt-tokens",
+    "token_prompts",
+    multiple=True,
+    help="claim a completion of these comma-separated token ids",
+)
+@click.option(
+    "--requests",
+    "requests_path",
+    default=None,
+    help="JSON-lines file of requests to serve, followed as it grows ('-': stdin); "
+    'each {"prompt": text} or {"tokens": [ids]}, optionally with max_new_tokens, '
+    "temperature, seed",
+)
+@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**256 - 1))
+@click.option(
+    "--watch",
+    "also_watch",
+    is_flag=True,
+    help="also watch every claim on the game, as `refute watch` does",
+)
+@click.option(
+    "--tamper",
+    default=None,
+    hidden=True,
+    help="POSITION,NODE,ELEMENT: flip one bit of that record (a cheating prover, to "
+    "exercise watchers)",
+)
+def prove(
+    prompts,
+    token_prompts,
+    requests_path,
+    max_new_tokens,
+    temperature,
+    seed,
+    also_watch,
+    tamper,
+    **opts,
+) -> None:
+    """Serve inference requests as claims on a chain and defend them: run each request, post its
+    claim with the claim bond, answer every dispute opened against it from the trace (recomputed
+    from checkpoints), finalise it after the window and withdraw what it is owed."""
+    from refute.bisection.challenger import Challenger
+    from refute.bisection.demo import flip_bit
+    from refute.bisection.prover import Prover
+    from refute.bisection.service import Service, follow_lines
+    from refute.engine.executor import Request
+    from refute.errors import RefuteError
+
+    try:
+        game, model, account, log, state, deployment = _open("prover", opts)
+        game.register(model, sender=account)
+        hook = None
+        if tamper is not None:
+            t, n, e = tamper.split(",")
+            node = int(n) if n.isdigit() else model.program.node_index(n)
+            hook = flip_bit((int(t), node, int(e)))
+        prover = Prover(
+            game,
+            model,
+            state / "prover",
+            account,
+            executor=_executor(model, opts, hook),
+            consistent_lies=hook is not None,
+        )
+        clients = [prover]
+        if also_watch:
+            watcher = Challenger(
+                game,
+                model,
+                state / "watcher",
+                account,
+                executor=prover.executor if hook is None else _executor(model, opts),
+            )
+            if watcher.store["cursor"] == 0:
+                watcher.store["cursor"] = deployment.block
+            clients.append(watcher)
+        requests: queue.Queue = queue.Queue()
+        for text in prompts:
+            requests.put({"prompt": text})
+        for ids in token_prompts:
+            requests.put({"tokens": list(_parse_tokens(ids))})
+        stop_reading = threading.Event()
+        if requests_path is not None:
+            stream = sys.stdin if requests_path == "-" else open(requests_path)
+            threading.Thread(
+                target=follow_lines,
+                daemon=True,
+                args=(stream, requests, stop_reading, requests_path != "-"),
+            ).start()
+        defaults = Request((), max_new_tokens, temperature, seed)
+        service = Service(
+            game, clients, log, requests=requests, defaults=defaults, interval=opts["interval"]
+        )
+        _run(service, opts)
+        stop_reading.set()
+    except RefuteError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@_service_options("watcher")
+@click.option(
+    "--from-block",
+    default=None,
+    type=click.IntRange(min=0),
+    help="first block to read claims from (default: where the game was deployed)",
+)
+def watch(from_block, **opts) -> None:
+    """Follow the claims posted on a game, re-execute each with the model it names, challenge
+    mismatches (or prove a wrong token directly) and play every dispute to the end."""
+    from refute.bisection.challenger import Challenger
+    from refute.bisection.service import Service
+    from refute.errors import RefuteError
+
+    try:
+        game, model, account, log, state, deployment = _open("watcher", opts)
+        if opts["rpc_url"] is None:
+            log(
+                "warning",
+                detail="the embedded chain is private to this process: only claims "
+                "posted here can be seen; use --rpc to follow a shared chain",
+            )
+        watcher = Challenger(
+            game, model, state / "watcher", account, executor=_executor(model, opts)
+        )
+        if from_block is not None:
+            watcher.store["cursor"] = from_block
+        elif watcher.store["cursor"] == 0:
+            watcher.store["cursor"] = deployment.block
+        watcher.store.save()
+        _run(Service(game, [watcher], log, interval=opts["interval"]), opts)
+    except RefuteError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,259 @@
+"""`refute prove` and `refute watch` as long-running processes (bisection/service.py,
+refute/cli_service.py): in-process on the embedded chain, and as separate OS processes sharing an
+anvil node, where the watcher is stopped mid-game and restarted from its state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from eth_account import Account
+from web3 import Web3
+
+from refute.bisection.service import RequestError, parse_request
+from refute.cli import main
+from refute.engine.checkpoint import load_model
+
+PROMPT = "5,17,250,3"
+
+
+def events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def names(log: list[dict]) -> list[str]:
+    return [e["event"] for e in log]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-llama")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", "not JSON"),
+        ("[1, 2]", "a request is a JSON object"),
+        ('{"tokens": [1], "prompt": "x"}', "exactly one of"),
+        ('{"tokens": []}', "empty prompt"),
+        ('{"tokens": [1, "a"]}', "list of integers"),
+        ('{"tokens": [1, 320]}', "token 320 is outside the vocabulary"),
+        ('{"prompt": "hello"}', "has no tokenizer"),
+        ('{"tokens": [1], "max_new_tokens": 0}', "max_new_tokens"),
+        ('{"tokens": [1], "temperature": -1}', "temperature"),
+        ('{"tokens": [1], "seed": -3}', "seed"),
+        ('{"tokens": [1], "max_new_tokens": 100000}', "exceed the model's"),
+        ('{"tokens": [1], "top_p": 0.9}', "unknown fields ['top_p']"),
+    ],
+)
+def test_bad_requests_are_named(model, line: str, message: str) -> None:
+    with pytest.raises(RequestError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_request(line, model)
+
+
+def test_request_defaults_and_overrides(model) -> None:
+    r = parse_request('{"tokens": [5, 17], "temperature": 0.5, "seed": 7}', model)
+    assert (r.prompt, r.max_new_tokens, r.temperature, r.seed) == ((5, 17), 8, 0.5, 7)
+
+
+def test_prove_with_watch_on_the_embedded_chain(tmp_path: Path) -> None:
+    """One process: requests from a file (one malformed), claims posted, checked by the
+    in-process watcher, finalised after the window, bond withdrawn, then exit when idle."""
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"tokens": [5, 17, 250], "max_new_tokens": 3}\n{"tokens": [999]}\n')
+    args = [
+        "prove",
+        "--model",
+        "tiny-llama",
+        "--prompt-tokens",
+        PROMPT,
+        "--max-new-tokens",
+        "3",
+        "--requests",
+        str(requests),
+        "--window",
+        "4",
+        "--watch",
+        "--until-idle",
+        "--interval",
+        "0.2",
+        "--max-seconds",
+        "120",
+        "--state",
+        str(tmp_path / "s"),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    log = events(result.stdout)
+    assert names(log)[:2] == ["deployed", "started"] and log[-1]["event"] == "exited"
+    assert log[-1]["reason"] == "idle" and log[-1]["errors"] == 0
+    posted = [e for e in log if e["event"] == "claim.posted"]
+    assert sorted(len(e["tokens"]) for e in posted) == [3, 3] and len(posted) == 2
+    (rejected,) = [e for e in log if e["event"] == "request.rejected"]
+    assert "token 999 is outside the vocabulary" in rejected["reason"]
+    checked = [e for e in log if e["event"] == "claim.checked"]
+    assert [e["verdict"] for e in checked] == ["match", "match"]
+    finalized = sorted(e["claim"] for e in log if e["event"] == "claim.finalized")
+    assert finalized == [0, 1]
+    withdrawn = sum(e["wei"] for e in log if e["event"] == "withdrawn")
+    assert withdrawn == 2 * 10**18  # both claim bonds back
+    deployment = json.loads((tmp_path / "s" / "deployment.json").read_text())
+    assert deployment["game"] == log[0]["game"]
+    # the embedded chain died with the process: its state directory cannot be reused
+    again = CliRunner().invoke(main, [*args[:-2], "--state", str(tmp_path / "s")])
+    assert again.exit_code == 2 and "belongs to an earlier chain" in again.output
+
+
+def test_watch_bad_game_address_is_named(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["watch", "--model", "tiny-llama", "--game", "0x" + "11" * 20, "--state", str(tmp_path)],
+    )
+    assert result.exit_code == 1 and "no contract at 0x1111" in result.output
+    result = CliRunner().invoke(
+        main, ["watch", "--model", "tiny-llama", "--bonds", "1,2", "--state", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 2 and "expected three amounts in wei" in result.output
+
+
+# --- separate processes on a real node ------------------------------------------------------------
+
+
+def _start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "refute", *args, "--log-file", str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+
+
+def _read(log: Path) -> list[dict]:
+    return events(log.read_text()) if log.exists() else []
+
+
+def _wait(proc: subprocess.Popen, log: Path, done, timeout: float = 240.0) -> list[dict]:
+    """Wait until `done(events)` holds; fail with the process's stderr if it dies first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = _read(log)
+        if done(entries):
+            return entries
+        if proc.poll() is not None:
+            pytest.fail(f"process exited {proc.returncode}:\n{proc.stderr.read()}\n{entries[-3:]}")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"timed out; last events {_read(log)[-3:]}")
+
+
+def test_prover_and_watcher_processes_on_anvil(anvil_web3: Web3, tmp_path: Path) -> None:
+    """A cheating `refute prove` and an honest `refute watch` (signing with a local key) share an
+    anvil node; the watcher is stopped with SIGTERM in the middle of the game and restarted on
+    its state directory; it wins, the claim is overturned, and the prover exits when idle."""
+    url = anvil_web3.provider.endpoint_uri
+    key = Account.create()
+    funder = anvil_web3.eth.accounts[0]
+    tx = anvil_web3.eth.send_transaction({"from": funder, "to": key.address, "value": 10**19})
+    anvil_web3.eth.wait_for_transaction_receipt(tx)
+    env = os.environ | {"REFUTE_TEST_WATCHER_KEY": key.key.hex()}
+    plog, wlog = tmp_path / "prover.log", tmp_path / "watcher.log"
+    prover = _start(
+        [
+            "prove",
+            "--rpc",
+            url,
+            "--model",
+            "tiny-llama",
+            "--prompt-tokens",
+            PROMPT,
+            "--max-new-tokens",
+            "4",
+            "--tamper",
+            "3,layers.0.mlp.down,5",
+            "--window",
+            "600",
+            "--clock",
+            "600",
+            "--extension",
+            "30",
+            "--interval",
+            "0.3",
+            "--state",
+            str(tmp_path / "p"),
+            "--until-idle",
+            "--max-seconds",
+            "300",
+        ],
+        plog,
+    )
+    watcher = None
+    try:
+        log = _wait(prover, plog, lambda ev: "claim.posted" in names(ev))
+        game = log[0]["game"]
+        watch = [
+            "watch",
+            "--rpc",
+            url,
+            "--game",
+            game,
+            "--model",
+            "tiny-llama",
+            "--key-env",
+            "REFUTE_TEST_WATCHER_KEY",
+            "--interval",
+            "0.3",
+            "--state",
+            str(tmp_path / "w"),
+        ]
+        watcher = _start(watch, wlog, env)
+        _wait(watcher, wlog, lambda ev: any(e.get("stage") == "RECORD" for e in ev))
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(30) == 0
+        assert _read(wlog)[-1] | {"time": None} == {
+            "time": None,
+            "role": "watcher",
+            "event": "exited",
+            "reason": "stopped",
+            "rounds": _read(wlog)[-1]["rounds"],
+            "errors": 0,
+        }
+        watcher = _start(watch, wlog, env)  # resumes from tmp_path / "w"
+        wl = _wait(watcher, wlog, lambda ev: "claim.overturned" in names(ev))
+        assert prover.wait(120) == 0
+    finally:
+        for proc in (prover, watcher):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    pl = _read(plog)
+    assert pl[-1]["event"] == "exited" and pl[-1]["reason"] == "idle"
+    (resolved,) = [e for e in wl if e["event"] == "dispute.resolved"]
+    assert resolved["won"] and resolved["winner"] == "challenge"
+    assert (resolved["disputed"]["position"], resolved["disputed"]["node"]) == (
+        3,
+        "layers.0.mlp.down",
+    )
+    assert names(wl).count("joined") == 2 and names(wl).count("claim.checked") == 1
+    assert [e["event"] for e in pl if e["event"].startswith("claim.")][-1] == "claim.overturned"
+    # every move was made once across the restart: the chain counts them
+    moves = [e for e in wl + pl if e["event"] == "tx" and e["fn"] != "openDispute"]
+    game_moves = sum(1 for e in moves if e["fn"] not in ("step", "timeout"))
+    d = anvil_web3.eth.contract(address=game, abi=_game_abi()).functions.getDispute(0).call()
+    assert d[-1] == game_moves  # Dispute.moves
+    withdrawn = sum(e["wei"] for e in wl if e["event"] == "withdrawn")
+    assert withdrawn == 10**18 + 5 * 10**17 + game_moves * 10**15
+    assert anvil_web3.eth.get_balance(key.address) > 10**19  # won more than it spent on gas
+
+
+def _game_abi() -> list:
+    from refute.contracts.artifacts import load
+
+    return load("DisputeGame").abi
