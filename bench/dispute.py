@@ -45,7 +45,7 @@ from refute.bisection.challenger import Challenger
 from refute.bisection.prover import Prover
 from refute.contracts.anvil import anvil_version, find_anvil, start_anvil
 from refute.contracts.chain import connect, deploy
-from refute.contracts.game import CHALLENGE, CLAIM, GameClient, GameParams, Stage
+from refute.contracts.game import CHALLENGE, CLAIM, GameClient, GameParams, Stage, encode_tokens
 from refute.contracts.onestep import StepCall, f32_bits
 from refute.engine import ir, merkle, steps
 from refute.engine.checkpoint import load_model
@@ -383,9 +383,9 @@ class Synthetic7B:
         prompt = self.prompt if prompt is None else prompt
         records = len(self.program.nodes) * (prompt + GENERATED - 1)
         f = self.game.game.functions.postClaim(
-            self.model_root, [int(x) for x in self.rng.integers(0, 32000, prompt)],
+            self.model_root, encode_tokens(self.rng.integers(0, 32000, prompt)),
             f32_bits(np.float32(gasbench.TEMPERATURE)), gasbench.SEED,
-            [int(x) for x in self.rng.integers(0, 32000, GENERATED)], trace_root, records,
+            encode_tokens(self.rng.integers(0, 32000, GENERATED)), trace_root, records,
         )  # fmt: skip
         tx = {"from": self.accounts[CLAIM], "value": self.game.bonds[0]}
         estimate = int(f.estimate_gas(tx))
@@ -726,7 +726,8 @@ def markdown(tiny: list[TinyRun], tiny_model: Model, plans: list[Plan7B], played
                    f"{_ok(max(bounds) <= HONEST_TARGET)} |")  # fmt: skip
     out += ["", "Posting the claim is not part of a dispute, but it is a transaction of the "
             "protocol the claimant always pays: `postClaim` carries the prompt and the output "
-            "tokens as `uint32[]` (32 bytes of calldata each) and logs them in `ClaimPosted`.",
+            "tokens as packed 4-byte words (the uint32 tensor data the prompt root hashes) and "
+            "logs them in `ClaimPosted`.",
             "", "| claim | postClaim gas | <= 1M |", "|---|---:|:-:|"]  # fmt: skip
     for pl in plans:
         g = synth.claim_gas(pl.prompt)

@@ -80,6 +80,17 @@ class GameError(RefuteError):
         self.data = data
 
 
+def encode_tokens(tokens: Any) -> bytes:
+    """Token ids as the contract takes them: 4-byte little-endian uint32 each, the data of the
+    uint32 tensor (docs/commitments.md), so the prompt root is a hash of the calldata as sent."""
+    return np.asarray(list(tokens), dtype="<u4").tobytes()
+
+
+def decode_tokens(data: bytes) -> list[int]:
+    """Inverse of `encode_tokens`."""
+    return [int(x) for x in np.frombuffer(bytes(data), dtype="<u4")]
+
+
 def _error_table() -> dict[bytes, str]:
     table = {}
     for name in ("DisputeGame", "ModelRegistry", "OneStepVerifier", "NodeReader", "ProofHarness"):
@@ -304,10 +315,10 @@ class GameClient:
             self.game,
             "postClaim",
             model.root,
-            list(req.prompt) if prompt is None else list(prompt),
+            encode_tokens(req.prompt if prompt is None else prompt),
             f32_bits(np.float32(req.temperature)),
             req.seed,
-            tokens,
+            encode_tokens(tokens),
             gen.trace.root() if trace_root is None else trace_root,
             gen.trace.num_records,
             sender=sender,
@@ -323,8 +334,8 @@ class GameClient:
         chunk_path, sender: str | None = None,
     ):  # fmt: skip
         return self.transact(
-            self.game, "proveTokenMismatch", claim_id, tokens, i, record_root, record_path,
-            chunk, chunk_path, sender=sender,
+            self.game, "proveTokenMismatch", claim_id, encode_tokens(tokens), i, record_root,
+            record_path, chunk, chunk_path, sender=sender,
         )[1]  # fmt: skip
 
     # --- disputes ----------------------------------------------------------------------------
@@ -392,7 +403,12 @@ class GameClient:
         contract = self.registry if name == "ModelRegistered" else self.game
         event = getattr(contract.events, name)
         logs = event.get_logs(from_block=from_block, argument_filters=filters or None)
-        return [dict(log["args"]) | {"blockNumber": log["blockNumber"]} for log in logs]
+        out = [dict(log["args"]) | {"blockNumber": log["blockNumber"]} for log in logs]
+        if name == "ClaimPosted":  # token lists as ids
+            for e in out:
+                e["prompt"] = decode_tokens(e["prompt"])
+                e["outputTokens"] = decode_tokens(e["outputTokens"])
+        return out
 
 
 class ForeignPaths:

@@ -23,6 +23,7 @@ from refute.contracts.game import (
     GameError,
     GameParams,
     Stage,
+    encode_tokens,
 )
 from refute.contracts.onestep import ListTree, StepProver, f32_bits
 from refute.engine import merkle
@@ -304,21 +305,23 @@ def test_honest_claim_finalizes_after_window(game: GameClient, model, runs) -> N
 def test_claim_checks(game: GameClient, model, runs) -> None:
     _, gen = runs["honest"]
     bond = PARAMS.claim_bond
-    base = [model.root, list(REQUEST.prompt), f32_bits(0.9), 11, gen.output_tokens,
-            gen.trace.root(), gen.trace.num_records]  # fmt: skip
+    base = [model.root, encode_tokens(REQUEST.prompt), f32_bits(0.9), 11,
+            encode_tokens(gen.output_tokens), gen.trace.root(), gen.trace.num_records]  # fmt: skip
     t = game.transact
     expect("WrongBond", t, game.game, "postClaim", *base, value=bond - 1)
     bad = list(base)
     bad[6] += 1
     expect("WrongRecordCount", t, game.game, "postClaim", *bad, value=bond)
     bad = list(base)
-    bad[4] = [*gen.output_tokens[:-1], model.program.vocab_size]
+    bad[4] = encode_tokens([*gen.output_tokens[:-1], model.program.vocab_size])
     expect("TokenOutOfRange", t, game.game, "postClaim", *bad, value=bond)
+    bad[4] = encode_tokens(gen.output_tokens)[:-1]  # not whole 4-byte tokens
+    expect("BadTokenBytes", t, game.game, "postClaim", *bad, value=bond)
     bad = list(base)
     bad[2] = 0x7F800000
     expect("BadTemperature", t, game.game, "postClaim", *bad, value=bond)
     bad = list(base)
-    bad[4] = []
+    bad[4] = b""
     expect("EmptyTokens", t, game.game, "postClaim", *bad, value=bond)
     bad = list(base)
     bad[0] = bytes(32)

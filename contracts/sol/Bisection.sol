@@ -11,31 +11,22 @@ import {MerkleProofs} from "./MerkleProofs.sol";
 ///        uint32 tokens (1 KiB chunks, tags 0x00 / 0x01 / 0x02, EMPTY padding leaves).
 ///      - B3 (bounded): loops run over calldata (tokens, one chunk) or the node's rank.
 library Bisection {
-    /// @notice Tensor root of uint32 tokens (`merkle.tensor_root(np.uint32 array)`).
-    function tokenRoot(uint32[] calldata tokens) internal view returns (bytes32) {
-        uint256 n = tokens.length;
-        uint256 chunks = (n + 255) / 256;
+    /// @notice Tensor root of uint32 tokens given as their tensor data: 4-byte little-endian
+    ///         words (`merkle.tensor_root(np.uint32 array)`); `data.length` is a multiple of 4.
+    function tokenRoot(bytes calldata data) internal view returns (bytes32) {
+        uint256 n = data.length / 4;
+        uint256 chunks = (data.length + 1023) / 1024;
         bytes32[] memory level = new bytes32[](chunks == 0 ? 1 : chunks);
-        bytes memory buf = new bytes(1025 + 32); // tag byte, one chunk, slack for mstore
+        bytes memory buf = new bytes(1025); // tag byte 0x00, then one chunk
         for (uint256 c; c < chunks; ++c) {
-            uint256 end = (c + 1) * 256 < n ? (c + 1) * 256 : n;
-            assembly ("memory-safe") {
-                let p := add(buf, 32)
-                // zero the chunk (the tag 0x00 is at p)
-                for { let i := 0 } lt(i, 1056) { i := add(i, 32) } { mstore(add(p, i), 0) }
-            }
-            for (uint256 i = c * 256; i < end; ++i) {
-                uint256 v = tokens[i];
-                uint256 le = ((v & 0xFF) << 24) | ((v & 0xFF00) << 8) | ((v >> 8) & 0xFF00)
-                    | (v >> 24);
-                uint256 off = 1 + 4 * (i - c * 256);
-                assembly ("memory-safe") {
-                    let p := add(add(buf, 32), off)
-                    mstore(p, or(shl(224, le), and(mload(p), 0x00000000ffffffffffffffffffffffffffffffffffffffffffffffffffffffff)))
-                }
-            }
+            uint256 from = c * 1024;
+            uint256 size = data.length - from < 1024 ? data.length - from : 1024;
             bytes32 h;
             assembly ("memory-safe") {
+                let p := add(buf, 33)
+                calldatacopy(p, add(data.offset, from), size)
+                // zero padding after the last token (the tag 0x00 at p - 1 stays zero)
+                calldatacopy(add(p, size), calldatasize(), sub(1024, size))
                 if iszero(staticcall(gas(), 0x02, add(buf, 32), 1025, 0x00, 0x20)) { revert(0, 0) }
                 h := mload(0x00)
             }
@@ -73,7 +64,8 @@ library Bisection {
         return true;
     }
 
-    /// @notice The little-endian uint32 at element j (< 256) of a 1 KiB chunk.
+    /// @notice The little-endian uint32 at element j of `chunk` (a 1 KiB chunk or a token
+    ///         list; callers keep 4 * j + 4 <= chunk.length).
     function word(bytes calldata chunk, uint256 j) internal pure returns (uint32) {
         uint256 w;
         assembly ("memory-safe") {

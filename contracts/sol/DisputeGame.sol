@@ -79,7 +79,7 @@ contract DisputeGame {
         bytes32 modelRoot;
         bytes32 promptRoot;
         bytes32 traceRoot;
-        bytes32 tokensHash; // keccak256(abi.encodePacked(outputTokens))
+        bytes32 tokensHash; // keccak256 of the output tokens' bytes
         uint64 numRecords;
         uint64 promptLength;
         uint64 outputLength;
@@ -166,19 +166,18 @@ contract DisputeGame {
 
     // --- events (docs/protocol.md section 7) ---------------------------------------------------
 
-    /// @notice A claim was posted; prompt and tokens are in the log for watchers.
+    /// @notice A claim was posted; prompt and tokens (4-byte little-endian uint32 each, the
+    ///         encoding of docs/commitments.md) are in the log for watchers (the rest of the
+    ///         claim, e.g. its deadline, is read with `getClaim`).
     event ClaimPosted(
         uint256 indexed claimId,
         bytes32 indexed modelRoot,
         address indexed claimant,
-        uint32[] prompt,
+        bytes prompt,
         uint32 temperature,
         uint256 seed,
-        uint32[] outputTokens,
-        bytes32 traceRoot,
-        uint64 numRecords,
-        bytes32 promptRoot,
-        uint64 deadline
+        bytes outputTokens,
+        bytes32 traceRoot
     );
     /// @notice A dispute was opened against a claim.
     event DisputeOpened(
@@ -223,6 +222,8 @@ contract DisputeGame {
     error WrongSpecVersion(uint32 version);
     /// @notice Empty prompt or empty output.
     error EmptyTokens();
+    /// @notice A token list's length in bytes is not a multiple of 4.
+    error BadTokenBytes(uint256 length);
     /// @notice More positions than the model allows.
     error TooManyPositions(uint256 positions, uint256 maxPositions);
     /// @notice numRecords != nodesPerPosition * positions.
@@ -321,64 +322,73 @@ contract DisputeGame {
 
     /// @notice Post a claim with the claim bond. The prompt root is computed here.
     /// @param modelRoot A registered model of this game's spec version.
-    /// @param prompt The prompt tokens (each < vocab size).
+    /// @param prompt The prompt tokens (each < vocab size), 4-byte little-endian uint32 each:
+    ///        exactly the data of the prompt tensor, hashed as it is (and 8x less calldata and
+    ///        log data than a uint32[]).
     /// @param temperature float32 bits of the temperature (finite, >= 0).
     /// @param seed The sampling seed.
-    /// @param outputTokens The generated tokens (each < vocab size).
+    /// @param outputTokens The generated tokens (each < vocab size), encoded as the prompt.
     /// @param traceRoot The trace root.
     /// @param numRecords nodesPerPosition * (len(prompt) + len(outputTokens) - 1).
     /// @return claimId The new claim's id.
     function postClaim(
         bytes32 modelRoot,
-        uint32[] calldata prompt,
+        bytes calldata prompt,
         uint32 temperature,
         uint256 seed,
-        uint32[] calldata outputTokens,
+        bytes calldata outputTokens,
         bytes32 traceRoot,
         uint64 numRecords
     ) external payable returns (uint256 claimId) {
         if (msg.value != claimBond) revert WrongBond(msg.value, claimBond);
         ModelRegistry.Model memory m = registry.model(modelRoot);
         if (m.specVersion != specVersion) revert WrongSpecVersion(m.specVersion);
-        if (prompt.length == 0 || outputTokens.length == 0) revert EmptyTokens();
-        uint256 positions = prompt.length + outputTokens.length - 1;
+        // finite and >= 0: +0, -0 or a positive finite pattern (as the verifier's _score)
+        if (temperature != 0x80000000 && temperature >= 0x7F800000) revert BadTemperature(temperature);
+        claimId = claimCount++;
+        Claim storage c = _claims[claimId];
+        c.promptLength = uint64(_tokenCount(prompt));
+        c.outputLength = uint64(_tokenCount(outputTokens));
+        if (c.promptLength == 0 || c.outputLength == 0) revert EmptyTokens();
+        uint256 positions = c.promptLength + c.outputLength - 1;
         if (positions > m.maxPositions) revert TooManyPositions(positions, m.maxPositions);
         if (numRecords != positions * m.nodesPerPosition) {
             revert WrongRecordCount(numRecords, positions * m.nodesPerPosition);
         }
-        // finite and >= 0: +0, -0 or a positive finite pattern (as the verifier's _score)
-        if (temperature != 0x80000000 && temperature >= 0x7F800000) revert BadTemperature(temperature);
         _checkTokens(prompt, m.vocabSize);
         _checkTokens(outputTokens, m.vocabSize);
 
-        claimId = claimCount++;
-        Claim storage c = _claims[claimId];
         c.claimant = msg.sender;
         c.deadline = uint64(block.timestamp) + window;
         c.status = ClaimStatus.Pending;
         c.modelRoot = modelRoot;
         c.promptRoot = Bisection.tokenRoot(prompt);
         c.traceRoot = traceRoot;
-        c.tokensHash = keccak256(abi.encodePacked(outputTokens));
+        c.tokensHash = keccak256(outputTokens);
         c.numRecords = numRecords;
-        c.promptLength = uint64(prompt.length);
-        c.outputLength = uint64(outputTokens.length);
         c.nodesPerPosition = m.nodesPerPosition;
         c.tokenNode = m.tokenNode;
         c.temperature = temperature;
         c.seed = seed;
+        _emitPosted(claimId, c, prompt, outputTokens);
+    }
+
+    /// @dev The ClaimPosted event, from storage (a separate frame keeps postClaim's stack small).
+    function _emitPosted(
+        uint256 claimId,
+        Claim storage c,
+        bytes calldata prompt,
+        bytes calldata outputTokens
+    ) private {
         emit ClaimPosted(
             claimId,
-            modelRoot,
+            c.modelRoot,
             msg.sender,
             prompt,
-            temperature,
-            seed,
+            c.temperature,
+            c.seed,
             outputTokens,
-            traceRoot,
-            numRecords,
-            c.promptRoot,
-            c.deadline
+            c.traceRoot
         );
     }
 
@@ -398,7 +408,7 @@ contract DisputeGame {
     ///         (position len(prompt) - 1 + i, the token node): open that record against the
     ///         trace root and element 0 of its output. The claim bond goes to the sender.
     /// @param claimId The claim (pending, within W).
-    /// @param outputTokens The claim's output tokens (checked against the stored hash).
+    /// @param outputTokens The claim's output tokens as posted (checked against the stored hash).
     /// @param i The output index.
     /// @param recordRoot The sample record's output root.
     /// @param recordSiblings Its path in the trace tree.
@@ -406,7 +416,7 @@ contract DisputeGame {
     /// @param chunkSiblings Its path (empty).
     function proveTokenMismatch(
         uint256 claimId,
-        uint32[] calldata outputTokens,
+        bytes calldata outputTokens,
         uint256 i,
         bytes32 recordRoot,
         bytes32[] calldata recordSiblings,
@@ -415,8 +425,8 @@ contract DisputeGame {
     ) external {
         Claim storage c = _pendingClaim(claimId);
         if (block.timestamp >= c.deadline) revert WindowClosed(claimId);
-        if (keccak256(abi.encodePacked(outputTokens)) != c.tokensHash) revert WrongTokens();
-        if (i >= outputTokens.length) revert OutputOutOfRange(i, outputTokens.length);
+        if (keccak256(outputTokens) != c.tokensHash) revert WrongTokens();
+        if (i >= c.outputLength) revert OutputOutOfRange(i, c.outputLength);
         MerkleProofs.verifyRecord(
             c.traceRoot,
             c.numRecords,
@@ -429,7 +439,8 @@ contract DisputeGame {
         uint32 token = MerkleProofs.verifyElement(
             recordRoot, MerkleProofs.DTYPE_U32, 1, 0, chunk, chunkSiblings
         );
-        if (token == outputTokens[i]) revert NoMismatch(i, token);
+        uint32 claimed = Bisection.word(outputTokens, i);
+        if (token == claimed) revert NoMismatch(i, token);
         c.status = ClaimStatus.Overturned;
         emit ClaimOverturned(claimId, NONE);
         _credit(msg.sender, claimBond);
@@ -717,10 +728,31 @@ contract DisputeGame {
     // Internals
     // =========================================================================================
 
-    function _checkTokens(uint32[] calldata tokens, uint256 vocab) private pure {
-        for (uint256 i; i < tokens.length; ++i) {
-            if (tokens[i] >= vocab) revert TokenOutOfRange(tokens[i], vocab);
+    /// @dev Number of 4-byte tokens in `tokens`.
+    function _tokenCount(bytes calldata tokens) private pure returns (uint256) {
+        if (tokens.length % 4 != 0) revert BadTokenBytes(tokens.length);
+        return tokens.length / 4;
+    }
+
+    /// @dev Every token < vocab. In assembly: at 4,096 tokens (a full Llama-2 context) the
+    ///      Solidity loop alone cost about 1M gas.
+    function _checkTokens(bytes calldata tokens, uint256 vocab) private pure {
+        uint256 bad = type(uint256).max;
+        assembly ("memory-safe") {
+            let end := add(tokens.offset, tokens.length)
+            for { let p := tokens.offset } lt(p, end) { p := add(p, 4) } {
+                let w := shr(224, calldataload(p)) // the 4 bytes, big-endian
+                let t := or(
+                    or(shr(24, w), and(shr(8, w), 0xFF00)),
+                    or(and(shl(8, w), 0xFF0000), and(shl(24, w), 0xFF000000))
+                )
+                if iszero(lt(t, vocab)) {
+                    bad := t
+                    break
+                }
+            }
         }
+        if (bad != type(uint256).max) revert TokenOutOfRange(bad, vocab);
     }
 
     function _pendingClaim(uint256 claimId) private view returns (Claim storage c) {
