@@ -251,14 +251,17 @@ class StepProver:
         zero_step = [0, element, 0, 0, 0, 0, 0, 0, 0]
         if node.op in (Op.MAP, Op.CACHE_APPEND):
             reads = steps.element_reads(self.program, n, element, t, self.gen.tokens[t])
+            # the value the verifier will compute, from the operands (all agreed by both sides
+            # of a dispute), not this trace's own output at (t, n), which may be the wrong one
             if reads.from_previous:
                 prev = self.outputs(t - 1)[n]
                 sources = [self.record_source(t - 1, n, prev, element)]
                 label = "cache_prev"
+                value = f32_bits(prev[element])
             else:
                 sources = self.operand_sources(t, n, reads.reads[0])
                 label = "cache_new" if node.op == Op.CACHE_APPEND else "map"
-            value = f32_bits(out[element])
+                value = f32_bits(steps.terms(reads, self._read(t, n))[0])
             args = (ctx, nproof, tuple(zero_step), sources, token_proof)
             return StepCall(t, n, KIND_ELEMENT, element, None, None, None, args, value, 0, label)
         levels, reads = self.tree_levels(t, n, element)
