@@ -421,6 +421,12 @@ def markdown(sf, mk, os_rows, chain: str) -> str:
             "| function | min | median | max |", "|---|---:|---:|---:|"]  # fmt: skip
     for name, lo, med, hi in sf:
         out.append(f"| {name} | {lo:,} | {med:,} | {hi:,} |")
+    out += ["", "## A whole dispute", "",
+            "Moves, gas per side, the worst transaction and the wall time of complete disputes "
+            "(tiny-llama games played by the clients on anvil, and a Llama-2-7B claim of 512 "
+            "generated tokens measured move by move at its real sizes), against the targets of "
+            "issue 6: [dispute.md](dispute.md), measured by `python bench/dispute.py --markdown "
+            "docs/dispute.md --plot docs/dispute_gas.png`."]  # fmt: skip
     return "\n".join(out) + "\n"
 
 
