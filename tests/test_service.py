@@ -257,3 +257,51 @@ def _game_abi() -> list:
     from refute.contracts.artifacts import load
 
     return load("DisputeGame").abi
+
+
+def test_service_logs_a_whole_dispute_and_shows_clocks(
+    embedded_web3: Web3, model, tmp_path
+) -> None:
+    """A Service running a cheating prover and an honest watcher on one chain: the status line
+    names the dispute, its stage and whose clock runs; the log has every transaction and the
+    outcome, and the watcher's winnings are withdrawn."""
+    import io
+    import threading
+
+    from refute.bisection.challenger import Challenger
+    from refute.bisection.demo import flip_bit
+    from refute.bisection.prover import Prover
+    from refute.bisection.service import EventLog, Service
+    from refute.contracts.game import GameClient, GameParams
+    from refute.engine.executor import Executor, Request
+
+    params = GameParams(claim_bond=10**18, challenge_bond=5 * 10**17, move_bond=10**15)
+    game = GameClient.deploy(w3=embedded_web3, params=params)
+    game.register(model)
+    acc = embedded_web3.eth.accounts
+    cheat = Executor(model, tamper=flip_bit((2, model.program.node_index("layers.1.mlp.down"), 3)))
+    prover = Prover(game, model, tmp_path / "p", acc[1], executor=cheat, consistent_lies=True)
+    watcher = Challenger(game, model, tmp_path / "w", acc[2])
+    stream = io.StringIO()
+    lines: list[str] = []
+    service = Service(game, [prover, watcher], EventLog(stream, "test"), interval=0.05,
+                      status=lines.append)  # fmt: skip
+    service.claim(prover, Request((5, 17, 250, 3), 3))
+    service.run(threading.Event(), until_idle=True, max_seconds=120)
+    log = events(stream.getvalue())
+    assert log[-1]["reason"] == "idle" and service.errors == 0
+    (did,) = (int(k) for k in watcher.disputes)
+    mid = next(line for line in lines if f"#{did} trace (claim side" in line)
+    assert f"#{did} trace (challenge side, " in mid and "clock 1" in mid
+    assert "claims 1 overturned" in lines[-1] and "none active" in lines[-1]
+    txs = [e for e in log if e["event"] == "tx"]
+    assert {e["client"] for e in txs} == {"prover", "watcher"}
+    assert txs[0]["fn"] == "openDispute" and txs[-1]["fn"] == "step"
+    resolved = [e for e in log if e["event"] == "dispute.resolved"]
+    assert [(e["winner"], e["won"]) for e in resolved] == [("challenge", False),
+                                                            ("challenge", True)]  # fmt: skip
+    assert resolved[1]["disputed"]["node"] == "layers.1.mlp.down"
+    assert {e["event"] for e in log} >= {"claim.posted", "claim.checked", "claim.overturned"}
+    moves = game.dispute(did).moves
+    withdrawn = [e["wei"] for e in log if e["event"] == "withdrawn"]
+    assert sum(withdrawn) == params.claim_bond + params.challenge_bond + moves * params.move_bond
