@@ -252,8 +252,14 @@ class Service:
         """Run a request and post its claim, logging the outcome."""
         self.log("request.accepted", prompt=list(request.prompt),
                  max_new_tokens=request.max_new_tokens)  # fmt: skip
+        done = [0]
+
+        def progress(positions: int) -> None:
+            done[0] += positions
+            self.status(f"running request: position {done[0]} of {request.positions}")
+
         try:
-            claim_id = prover.claim(request)
+            claim_id = prover.claim(request, on_position=progress)
         except RefuteError as exc:
             self.errors += 1
             self.log("claim.failed", error=type(exc).__name__, detail=str(exc))
