@@ -8,6 +8,7 @@ to stdout (or --log-file) as JSON lines; a status line is drawn on stderr when i
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import sys
@@ -193,7 +194,10 @@ def _open(role: str, opts: dict[str, Any]):
             f"{state} belongs to an earlier chain; an embedded chain starts "
             "empty: give a new --state"
         )
-    stream = open(opts["log_file"], "a") if opts["log_file"] else sys.stdout
+    stream = sys.stdout
+    if opts["log_file"]:
+        stream = open(opts["log_file"], "a")
+        atexit.register(stream.close)
     log = EventLog(stream, role, opts["log_format"])
     w3 = connect(rpc)
     account = _account(w3, opts["account"], opts["key_env"])
@@ -363,19 +367,27 @@ def prove(
         for ids in token_prompts:
             requests.put({"tokens": list(_parse_tokens(ids))})
         stop_reading = threading.Event()
+        reader = None
         if requests_path is not None:
-            stream = sys.stdin if requests_path == "-" else open(requests_path)
-            threading.Thread(
+            try:
+                stream = sys.stdin if requests_path == "-" else open(requests_path)
+            except OSError as exc:
+                raise click.BadParameter(str(exc), param_hint="--requests") from None
+            reader = threading.Thread(
                 target=follow_lines,
                 daemon=True,
                 args=(stream, requests, stop_reading, requests_path != "-"),
-            ).start()
+            )
+            reader.start()
         defaults = Request((), max_new_tokens, temperature, seed)
         service = Service(
             game, clients, log, requests=requests, defaults=defaults, interval=opts["interval"]
         )
         _run(service, opts)
         stop_reading.set()
+        if reader is not None and requests_path != "-":
+            reader.join(timeout=2)
+            stream.close()
     except RefuteError as exc:
         raise click.ClickException(str(exc)) from exc
 
