@@ -1,9 +1,10 @@
 """ModelRegistry + DisputeGame (docs/protocol.md) on the embedded py-evm chain, with real data.
 
 A tiny-llama generation is claimed; traces are tampered with `Executor(model, tamper=...)`
-(one bit of one intermediate), and disputes are played to the end by a small in-test driver in
-which each side computes its moves from its own trace only (the other side's data comes from
-the chain's events, as it would for a real client).
+(one bit of one intermediate), and disputes are played to the end by a small in-test driver that
+sends each move from the side's own data (`bisection.player.Side`, what the clients use) while
+the test controls who sends what and when; the other side's data comes from the chain's events,
+as it would for a real client. tests/test_bisection.py plays whole games with the clients.
 """
 
 from __future__ import annotations
@@ -14,23 +15,21 @@ import numpy as np
 import pytest
 from web3 import Web3
 
+from refute.bisection.player import Side
 from refute.contracts.game import (
     CHALLENGE,
     CLAIM,
     ClaimStatus,
-    ForeignPaths,
     GameClient,
     GameError,
     GameParams,
     Stage,
     encode_tokens,
 )
-from refute.contracts.onestep import ListTree, StepProver, f32_bits
+from refute.contracts.onestep import ListTree, f32_bits
 from refute.engine import merkle
 from refute.engine.checkpoint import load_model
 from refute.engine.executor import Executor, Request
-from refute.engine.ir import Op, Reducer
-from refute.kernels import reference as ref
 
 PARAMS = GameParams(
     claim_bond=10**18, challenge_bond=5 * 10**17, move_bond=10**15, window=3600, clock=1800,
@@ -100,92 +99,13 @@ def expect(name: str, fn, *args, **kwargs):
 # --- the driver --------------------------------------------------------------------------------
 
 
-class Party:
-    """One side's knowledge: a model, an executor and the generation it believes in. A tampered
-    party fabricates level-3 reveals that combine to its (wrong) values."""
+class Party(Side):
+    """One side's knowledge (the clients' `Side`: its own generation, lying consistently at
+    level 3 when its data is wrong) and the account it moves from."""
 
     def __init__(self, model, executor, gen, account: str) -> None:
-        self.model = model
-        self.prover = StepProver(model, executor, gen)
+        super().__init__(model, executor, gen, consistent_lies=True)
         self.account = account
-        self._chunks: dict[tuple[int, int], tuple[int, bytes, ListTree]] = {}
-
-    @staticmethod
-    def children(tree: ListTree, height: int, index: int) -> tuple[bytes, bytes]:
-        level = tree.levels[height - 1]
-        pick = [
-            level[i] if i < len(level) else merkle.ZERO[height - 1]
-            for i in (2 * index, 2 * index + 1)
-        ]
-        return pick[0], pick[1]
-
-    def tensor(self, t: int, n: int) -> tuple[int, bytes, ListTree]:
-        if (t, n) not in self._chunks:
-            dtype, data = merkle.encode(self.prover.outputs(t)[n])
-            data = bytes(data)
-            self._chunks[(t, n)] = (dtype, data, ListTree(merkle.chunk_leaves(data)))
-        return self._chunks[(t, n)]
-
-    def record_open(self, t: int, n: int) -> tuple[int, int, bytes]:
-        dtype, data, tree = self.tensor(t, n)
-        return dtype, len(data) // 4, tree.levels[-1][0]
-
-    def chunk(self, t: int, n: int, c: int) -> bytes:
-        data = self.tensor(t, n)[1]
-        piece = data[c * 1024 : (c + 1) * 1024]
-        return piece + bytes(1024 - len(piece))
-
-    def reduction(self, d, side: int) -> tuple[int, int, int, int]:
-        """Children of the current reduction-tree node; fabricated if the true ones do not
-        combine to this side's value (a liar's reveal)."""
-        levels, _ = self.prover.tree_levels(d.position, d.node_id, d.element)
-        node = self.prover.program.nodes[d.node_id]
-        h, i = d.height, d.index
-        left, right = levels[h - 1][2 * i], levels[h - 1][2 * i + 1]
-        if node.op == Op.SAMPLE or node.reducer == Reducer.ARGMAX:
-            return f32_bits(left[0]), int(left[1]), f32_bits(right[0]), int(right[1])
-        lv, rv = f32_bits(left), f32_bits(right)
-        if combine(node.reducer, lv, rv) != d.value[side]:
-            lv, rv = fabricate(node.reducer, d.value[side], lv, rv)
-        return lv, 0, rv, 0
-
-
-def combine(reducer: Reducer, lv: int, rv: int) -> int:
-    a, b = (np.array([x], np.uint32).view(np.float32) for x in (lv, rv))
-    out = ref.add(a, b) if reducer == Reducer.SUM else ref.maximum(a, b)
-    return f32_bits(np.float32(out[0]))
-
-
-def fabricate(reducer: Reducer, parent: int, lv: int, rv: int) -> tuple[int, int]:
-    """Children that combine to `parent` (a liar's level-3 reveal): one child kept true, the
-    other searched near parent - kept (rounding may rule both out: then (parent, 0))."""
-    if reducer == Reducer.MAX:
-        return parent, rv
-    p = float(np.array([parent], np.uint32).view(np.float32)[0])
-    for keep_right in (True, False):
-        kept = rv if keep_right else lv
-        k = float(np.array([kept], np.uint32).view(np.float32)[0])
-        guess = f32_bits(np.float32(p - k))
-        for delta in range(0, 64):
-            for cand in (guess + delta, guess - delta):
-                pair = (cand, kept) if keep_right else (kept, cand)
-                if 0 <= cand < 2**32 and combine(reducer, *pair) == parent:
-                    return pair
-    zero = 0x80000000 if parent == 0x80000000 else 0  # parent + zero == parent, always
-    return parent, zero
-
-
-def claim_reveals(game: GameClient, dispute_id: int) -> dict[int, tuple[bytes, bytes]]:
-    """height -> the (left, right) pair the claim side revealed on the path, from Moved events."""
-    since = game.w3.eth.block_number - game.dispute(dispute_id).moves - 1  # one move a block
-    moves = [
-        e
-        for e in game.events("Moved", max(since, 0), disputeId=dispute_id)
-        if e["level"] == 1 and e["side"] == 0
-    ]
-    pairs = [m["data"] for m in moves if len(m["data"]) == 64]
-    depth = len(pairs)
-    return {depth - 1 - k: (p[:32], p[32:]) for k, p in enumerate(pairs)}
 
 
 def play_one(game: GameClient, did: int, parties: list[Party], mover: str | None = None):
@@ -219,21 +139,8 @@ def play_one(game: GameClient, did: int, parties: list[Party], mover: str | None
 
 def do_step(game: GameClient, did: int, party: Party, own_side: int, sender: str | None = None):
     """Level 4 by `party` (proofs against the claim's trace root, see ForeignPaths)."""
-    d = game.dispute(did)
-    prover = party.prover
-    node = prover.program.nodes[d.node_id]
-    saved = prover.trace_tree
-    if own_side == CHALLENGE:
-        r = d.position * len(prover.program.nodes) + d.node_id
-        prover.trace_tree = ForeignPaths(saved, claim_reveals(game, did), r)
-    try:
-        if node.op in (Op.REDUCE, Op.SAMPLE):
-            call = prover.step(d.position, d.node_id, d.element, leaf=d.index)
-        else:
-            call = prover.step(d.position, d.node_id, d.element)
-    finally:
-        prover.trace_tree = saved
-    return game.step(did, call, len(prover.program.weights), sender=sender or party.account)
+    call = party.step_call(game, did, game.dispute(did), own_side, since=0)
+    return game.step(did, call, len(party.prover.program.weights), sender=sender or party.account)
 
 
 def play(game: GameClient, did: int, parties: list[Party], honest: int) -> Counter:
@@ -600,7 +507,7 @@ class WrongShapeParty(Party):
         self.bad = (t, n)
         values = np.zeros(model.program.vocab_size + 1, dtype=np.float32)
         dtype, data = merkle.encode(values)
-        self._chunks[self.bad] = (dtype, bytes(data), ListTree(merkle.chunk_leaves(data)))
+        self._tensors[self.bad] = (dtype, bytes(data), ListTree(merkle.chunk_leaves(data)))
         roots = [list(row) for row in gen.trace.roots]
         roots[t][n] = merkle.tensor_root(values)
         from refute.engine.trace import record_leaf
