@@ -31,12 +31,11 @@ from refute.bisection.challenger import Challenger
 from refute.bisection.player import SIDE_NAMES, Player
 from refute.bisection.prover import Prover
 from refute.contracts.chain import is_embedded
+from refute.contracts.errors import DeploymentError
 from refute.contracts.game import GameClient, Stage
 from refute.engine.executor import Request
 from refute.engine.model import Model
 from refute.errors import RefuteError
-
-ETH = 10**18
 
 
 class RequestError(RefuteError, ValueError):
@@ -68,7 +67,7 @@ class Deployment:
         try:
             return cls(**json.loads(path.read_text()))
         except (ValueError, TypeError) as exc:
-            raise RefuteError(f"{path} is not a deployment file: {exc}") from None
+            raise DeploymentError(f"{path} is not a deployment file: {exc}") from None
 
     @classmethod
     def of(cls, game: GameClient, rpc: str | None, block: int) -> Deployment:
@@ -285,7 +284,6 @@ class Service:
         return {
             "claims": {k: v.get(key) for k, v in claims.items()},
             "disputes": {k: v.get("winner") for k, v in client.disputes.items()},
-            "outcome": {k: v.get("outcome") for k, v in claims.items()},
         }
 
     def _log_changes(self, k: int, client: Player) -> bool:
@@ -317,10 +315,10 @@ class Service:
                 )  # fmt: skip
                 changed = True
         if isinstance(client, Challenger):
-            changed |= self._log_outcomes(client, before, now)
+            changed |= self._log_outcomes(client)
         return changed
 
-    def _log_outcomes(self, client: Challenger, before: dict, now: dict) -> bool:
+    def _log_outcomes(self, client: Challenger) -> bool:
         """A watcher also reports how the claims it disputed ended (finalised or overturned)."""
         changed = False
         for cid, info in client.store["claims"].items():
@@ -332,7 +330,6 @@ class Service:
                 client.store.save()
                 self.log(f"claim.{info['outcome']}", claim=int(cid))
                 changed = True
-        now["outcome"] = {k: v.get("outcome") for k, v in client.store["claims"].items()}
         return changed
 
     def _log_move(self, client: Player, move: dict[str, Any]) -> None:
