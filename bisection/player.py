@@ -130,7 +130,10 @@ def _combine(reducer: Reducer, lv: int, rv: int) -> int:
 def _fabricate(reducer: Reducer, parent: int, lv: int, rv: int) -> tuple[int, int]:
     """Children that combine to `parent`: one kept true, the other searched near parent - kept."""
     if reducer == Reducer.MAX:
-        return parent, rv
+        # one child is the parent; keep the other true if it does not exceed the parent
+        for pair in ((parent, rv), (lv, parent), (parent, parent)):
+            if _combine(reducer, *pair) == parent:
+                return pair
     p = bits_to_f32(parent)
     for keep_right in (True, False):
         kept = rv if keep_right else lv
@@ -340,6 +343,7 @@ class Player:
                 "DisputeNotActive",
                 "ClockNotExpired",
                 "ChunkMismatch",
+                "ClockExpired",  # too late: the opponent (or anyone) will call the timeout
             ):
                 return None  # fmt: skip
             raise

@@ -70,7 +70,12 @@ class Prover(Player):
         for key, info in self.store["claims"].items():
             if info["status"] != "pending":
                 continue
-            for e in g.events("DisputeOpened", info["block"], claimId=int(key)):
+            # read only blocks not read before (a per-claim cursor, kept on disk)
+            start = info.get("cursor", info["block"])
+            latest = g.w3.eth.block_number
+            opened = g.events("DisputeOpened", start, claimId=int(key)) if start <= latest else []
+            info["cursor"] = latest + 1
+            for e in opened:
                 did = str(e["disputeId"])
                 if did not in self.disputes:
                     self.disputes[did] = {"claim": int(key), "side": "claim",

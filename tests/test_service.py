@@ -227,8 +227,11 @@ def test_prover_and_watcher_processes_on_anvil(anvil_web3: Web3, tmp_path: Path)
             "errors": 0,
         }
         watcher = _start(watch, wlog, env)  # resumes from tmp_path / "w"
-        wl = _wait(watcher, wlog, lambda ev: "claim.overturned" in names(ev))
+        _wait(watcher, wlog, lambda ev: {"claim.overturned", "dispute.resolved"} <= set(names(ev)))
         assert prover.wait(120) == 0
+        watcher.send_signal(signal.SIGTERM)  # ends after the round (its payouts included)
+        assert watcher.wait(30) == 0
+        wl = _read(wlog)
     finally:
         for proc in (prover, watcher):
             if proc is not None and proc.poll() is None:
