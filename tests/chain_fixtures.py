@@ -48,7 +48,9 @@ def anvil_web3() -> Iterator[Web3]:
     pytest.fail(str(problem), pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def embedded_web3() -> Web3:
-    """Web3 on an in-process py-evm chain (EthereumTesterProvider), shared by the session."""
+    """Web3 on an in-process py-evm chain (EthereumTesterProvider), one per test module: the
+    embedded chain's eth_getLogs decodes every transaction in the block range, so a chain that
+    earlier modules filled with thousands of games makes later event queries crawl."""
     return embedded_chain()
