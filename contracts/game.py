@@ -220,11 +220,13 @@ class GameClient:
     @classmethod
     def at(cls, w3: Web3, address: str) -> GameClient:
         """The game deployed at `address` (with the registry and verifier it was built on)."""
-        if not w3.eth.get_code(Web3.to_checksum_address(address)):
+        try:
+            address = Web3.to_checksum_address(address)
+        except ValueError:
+            raise DeploymentError(f"{address!r} is not an address") from None
+        if not w3.eth.get_code(address):
             raise DeploymentError(f"no contract at {address}")
-        game = w3.eth.contract(
-            address=Web3.to_checksum_address(address), abi=load("DisputeGame").abi
-        )
+        game = w3.eth.contract(address=address, abi=load("DisputeGame").abi)
         try:
             registry, verifier = game.functions.registry().call(), game.functions.verifier().call()
         except (ContractLogicError, ValueError) as exc:

@@ -118,6 +118,9 @@ def test_watch_bad_game_address_is_named(tmp_path: Path) -> None:
         ["watch", "--model", "tiny-llama", "--game", "0x" + "11" * 20, "--state", str(tmp_path)],
     )
     assert result.exit_code == 1 and "no contract at 0x1111" in result.output
+    result = CliRunner().invoke(main, ["watch", "--model", "tiny-llama", "--game", "0x12",
+                                       "--state", str(tmp_path / "a")])  # fmt: skip
+    assert result.exit_code == 1 and "'0x12' is not an address" in result.output
     result = CliRunner().invoke(
         main, ["watch", "--model", "tiny-llama", "--bonds", "1,2", "--state", str(tmp_path / "b")]
     )
