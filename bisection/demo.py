@@ -59,14 +59,16 @@ def tamper_target(model: Model, request: Request, node: str | None) -> tuple[int
 
 
 def flip_bit(target: tuple[int, int, int]) -> Callable[[int, int, np.ndarray], np.ndarray]:
-    """A tamper hook flipping the lowest mantissa bit of one element of one record."""
+    """A tamper hook flipping the lowest bit of one element of one record (the lowest mantissa
+    bit of a float32 record; a uint32 record, e.g. a sampled token, changes by one)."""
     t0, n0, e0 = target
 
     def tamper(t: int, n: int, out: np.ndarray) -> np.ndarray:
         if (t, n) != (t0, n0):
             return out
-        out = np.array(out, dtype=np.float32, copy=True)
-        out.reshape(-1).view(np.uint32)[e0] ^= 1
+        out = np.array(out, copy=True)
+        bits = out.reshape(-1) if out.dtype == np.uint32 else out.reshape(-1).view(np.uint32)
+        bits[e0] ^= 1
         return out
 
     return tamper

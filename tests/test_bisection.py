@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from web3 import Web3
 
 from refute.bisection.challenger import Challenger
+from refute.bisection.demo import flip_bit
 from refute.bisection.prover import Prover
 from refute.cli import main
 from refute.contracts.game import ClaimStatus, GameClient, GameParams, Stage
@@ -20,20 +21,6 @@ from refute.engine.executor import Executor, Request
 
 PARAMS = GameParams(claim_bond=10**18, challenge_bond=5 * 10**17, move_bond=10**15)
 REQUEST = Request(prompt=(5, 17, 250, 3), max_new_tokens=4, temperature=0.9, seed=11)
-
-
-def flip(t0: int, n0: int, e0: int):
-    """Tamper hook: flip the lowest bit of element e0 of record (t0, n0)."""
-
-    def tamper(t: int, n: int, out: np.ndarray) -> np.ndarray:
-        if (t, n) != (t0, n0):
-            return out
-        out = np.array(out, copy=True)
-        bits = out.reshape(-1) if out.dtype == np.uint32 else out.reshape(-1).view(np.uint32)
-        bits[e0] ^= 1
-        return out
-
-    return tamper
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +82,11 @@ def test_cheating_prover_overturned(game, model, tmp_path, kind) -> None:
         t = int(rng.integers(REQUEST.positions))
         n = int(rng.integers(p.token_node))
         size = int(np.prod(p.resolve(p.nodes[n].shape, t)))
-        executor = Executor(model, tamper=flip(t, n, int(rng.integers(size))))
+        executor = Executor(model, tamper=flip_bit((t, n, int(rng.integers(size)))))
     elif kind == "weight":
         executor = Executor(_weight_model(model))
     else:  # the sampled token at the second generated position
-        executor = Executor(model, tamper=flip(len(REQUEST.prompt), p.token_node, 0))
+        executor = Executor(model, tamper=flip_bit((len(REQUEST.prompt), p.token_node, 0)))
     cheater = Prover(game, model, tmp_path / "c", acc[1], executor=executor, consistent_lies=True)
     watcher = Challenger(game, model, tmp_path / "w", acc[2])
     cid = cheater.claim(REQUEST)
@@ -134,7 +121,7 @@ def test_honest_prover_beats_lying_challenger(game, model, tmp_path) -> None:
     acc = game.w3.eth.accounts
     prover = Prover(game, model, tmp_path / "p", acc[1])
     liar = Challenger(game, model, tmp_path / "l", acc[2], executor=Executor(
-        model, tamper=flip(1, 7, 5)), consistent_lies=True)  # fmt: skip
+        model, tamper=flip_bit((1, 7, 5))), consistent_lies=True)  # fmt: skip
     cid = prover.claim(REQUEST)
     run(prover, liar)
     (info,) = prover.disputes.values()
@@ -152,7 +139,7 @@ def test_restart_mid_game(game, model, tmp_path) -> None:
     """Both clients are dropped and recreated from their directories mid-game (watcher in level
     1, prover in level 2); the game ends as if nothing happened."""
     acc = game.w3.eth.accounts
-    bad = Executor(model, tamper=flip(2, 85, 300))
+    bad = Executor(model, tamper=flip_bit((2, 85, 300)))
     cheater = Prover(game, model, tmp_path / "c", acc[1], executor=bad, consistent_lies=True)
     watcher = Challenger(game, model, tmp_path / "w", acc[2])
     cid = cheater.claim(REQUEST)
@@ -199,7 +186,7 @@ def test_offline_prover_loses_on_time(game, model, tmp_path) -> None:
     has run out (and not before)."""
     acc = game.w3.eth.accounts
     cheater = Prover(game, model, tmp_path / "c", acc[1], executor=Executor(
-        model, tamper=flip(3, 27, 9)))  # fmt: skip
+        model, tamper=flip_bit((3, 27, 9))))  # fmt: skip
     watcher = Challenger(game, model, tmp_path / "w", acc[2])
     cid = cheater.claim(REQUEST)
     watcher.poll()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from web3 import Web3
 
+from refute.bisection.demo import flip_bit
 from refute.bisection.player import Side
 from refute.contracts.game import (
     CHALLENGE,
@@ -41,19 +42,6 @@ Q_TAMPER = (1, 7, 5)  # attn.q of layer 0, REDUCE SUM
 MAP_TAMPER = (3, 27, 9)  # attn.residual of layer 0, MAP
 
 
-def flip(target: tuple[int, int, int]):
-    t0, n0, e0 = target
-
-    def tamper(t: int, n: int, out: np.ndarray) -> np.ndarray:
-        if (t, n) != (t0, n0):
-            return out
-        out = np.array(out, dtype=np.float32, copy=True)
-        out.reshape(-1).view(np.uint32)[e0] ^= 1
-        return out
-
-    return tamper
-
-
 @pytest.fixture(scope="module")
 def model():
     return load_model("tiny-llama")
@@ -65,9 +53,9 @@ def runs(model):
     out = {}
     for name, tamper in [
         ("honest", None),
-        ("logits", flip(LOGITS_TAMPER)),
-        ("q", flip(Q_TAMPER)),
-        ("map", flip(MAP_TAMPER)),
+        ("logits", flip_bit(LOGITS_TAMPER)),
+        ("q", flip_bit(Q_TAMPER)),
+        ("map", flip_bit(MAP_TAMPER)),
     ]:
         ex = Executor(model, tamper=tamper)
         out[name] = (ex, ex.generate([REQUEST])[0])
