@@ -31,6 +31,7 @@ wheels (numba + llvmlite) that support numpy 2.4 — no C toolchain on the watch
 from __future__ import annotations
 
 import math
+import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -265,6 +266,8 @@ _KERNELS = {
     for small, fn in ((False, _gemm_panels), (True, _gemm_small))
 }
 
+_PARALLEL_LAUNCH = threading.Lock()
+
 PARALLEL_MIN_WORK = 1 << 21
 """Multiply-adds (M·K·N) from which `matmul` uses numba's thread pool by default."""
 
@@ -290,7 +293,13 @@ def matmul(x: np.ndarray, w: PackedWeight, parallel: bool | None = None) -> np.n
             out[:] = 0.0
         else:
             kernel = _KERNELS[bool(parallel), _pow2_ceil(w.k) < BLOCK]
-            kernel(xp, w.panels, w.k, w.n, out)
+            if parallel:
+                # numba's default (workqueue) thread pool aborts on launches from two Python
+                # threads at once (a watcher's game loop and its model worker): one at a time
+                with _PARALLEL_LAUNCH:
+                    kernel(xp, w.panels, w.k, w.n, out)
+            else:
+                kernel(xp, w.panels, w.k, w.n, out)
     nan = np.isnan(out)
     if nan.any():
         out[nan] = ref.NAN
