@@ -105,6 +105,15 @@ def _hex(value: bytes) -> str:
     return "0x" + value.hex()
 
 
+def _announce_compiles(backend: object) -> None:
+    """Have a backend that compiles kernels (the cpu one, without an on-disk cache yet) say so
+    on stderr before it does: a first run on a machine takes seconds longer."""
+    if hasattr(backend, "on_compile"):
+        from refute.kernels.cpu.backend import COMPILE_NOTICE
+
+        backend.on_compile = lambda: tqdm.write(COMPILE_NOTICE, file=sys.stderr)
+
+
 @main.command()
 @click.option(
     "--model",
@@ -171,6 +180,7 @@ def run(
             prompt = (1, 2, 3)
         request = Request(prompt, max_new_tokens, temperature, seed)
         backend = backends.make(backend_name)
+        _announce_compiles(backend)
         executor = Executor(model, backend=backend)
         t1 = time.perf_counter()
         with tqdm(
@@ -245,7 +255,9 @@ def verify_trace(path: Path, model_name: str | None, backend_name: str | None) -
             )
         request = claimed.request
         with tqdm(total=request.positions, desc="re-executing", unit="pos", file=sys.stderr) as bar:
-            executor = Executor(model, backend=backends.make(backend_name))
+            backend = backends.make(backend_name)
+            _announce_compiles(backend)
+            executor = Executor(model, backend=backend)
             (gen,) = executor.generate([request], on_position=bar.update)
     except RefuteError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -13,21 +13,31 @@ sigmoid and silu in numba, `refute.kernels.cpu.elementwise`), and REDUCE(SUM) no
 sum the reference's terms with the numba tree of `refute.kernels.cpu.reduce`. Everything else
 (max, argmax, sampling, cache appends, sums over a batch of rows) goes to `ReferenceBackend`,
 which defines the bits.
+
+Start-up: importing numba and loading its compiled kernels costs ~0.4 s per process even from
+the on-disk cache (more on a first compile), which is longer than a short run of a tiny model
+takes on numpy. The numba modules are therefore imported only when the kernels are first
+needed, and `CPUBackend(load_after_s=...)` may wait until its numpy paths have spent that long
+(ski rental: never more than twice the better choice); the bits are the same either way.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from refute.engine.backend import FUNCTIONS, Backend, ReferenceBackend, Row, index_dims, strided
 from refute.engine.builder import row_major
 from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src
-from refute.kernels.cpu import elementwise
-from refute.kernels.cpu.reduce import tree_sum
-from refute.kernels.cpu.tree_dot import PackedWeight, matmul, pack
+
+if TYPE_CHECKING:
+    from refute.kernels.cpu.tree_dot import PackedWeight
 
 
 @dataclass(frozen=True)
@@ -72,40 +82,145 @@ def dot_plan(node: Node) -> DotPlan | None:
     return None
 
 
-# spec functions with a numba version (bit-identical; tests/test_cpu_backend.py checks it)
-FAST_FUNCTIONS = {
-    **FUNCTIONS,
-    Fn.EXP: elementwise.exp,
-    Fn.SIGMOID: elementwise.sigmoid,
-    Fn.SILU: elementwise.silu,
-}
+LOAD_COST_S = 0.4
+"""About what importing numba and loading the kernels from the on-disk cache costs a process
+(measured: docs/performance.md); the default backend's `load_after_s`."""
+
+COMPILE_NOTICE = "compiling CPU kernels (once)..."
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The numba kernels, imported on first use (importing numba alone takes ~0.2 s)."""
+
+    functions: dict[Fn, Callable[..., np.ndarray]]  # spec functions, numba where it has one
+    tree_sum: Callable[[np.ndarray], np.ndarray]
+    matmul: Callable[..., np.ndarray]
+    pack: Callable[..., PackedWeight]
+    modules: tuple[ModuleType, ...]  # whose numba dispatchers these are
+
+
+_KERNELS: Kernels | None = None
+_COMPILE_CALLBACKS: list[Callable[[], None]] = []
+
+
+def kernels() -> Kernels:
+    """Import the numba kernels (once per process) and watch for compilations."""
+    global _KERNELS
+    if _KERNELS is None:
+        from numba.core import event
+
+        from refute.kernels.cpu import elementwise, reduce, tree_dot
+
+        class _FirstCompile(event.Listener):
+            """Calls the waiting callbacks when numba starts compiling (not on a cache load)."""
+
+            def on_start(self, _event: event.Event) -> None:
+                while _COMPILE_CALLBACKS:
+                    _COMPILE_CALLBACKS.pop(0)()
+
+            def on_end(self, _event: event.Event) -> None:
+                pass
+
+        event.register("numba:compile", _FirstCompile())
+        # spec functions with a numba version (bit-identical; tests/test_cpu_backend.py checks)
+        functions = {
+            **FUNCTIONS,
+            Fn.EXP: elementwise.exp,
+            Fn.SIGMOID: elementwise.sigmoid,
+            Fn.SILU: elementwise.silu,
+        }
+        _KERNELS = Kernels(
+            functions, reduce.tree_sum, tree_dot.matmul, tree_dot.pack,
+            (elementwise, reduce, tree_dot),
+        )  # fmt: skip
+    return _KERNELS
+
+
+def on_first_compile(callback: Callable[[], None]) -> None:
+    """Call `callback` once, when numba next starts compiling a kernel (a cache miss)."""
+    _COMPILE_CALLBACKS.append(callback)
+
+
+def compile_stats() -> dict[str, tuple[int, int]]:
+    """(loads from the on-disk cache, compilations) of each numba kernel in this process."""
+    from numba.core.dispatcher import Dispatcher
+
+    found: dict[str, Dispatcher] = {}
+    for module in kernels().modules:
+        for value in vars(module).values():
+            for d in value.values() if isinstance(value, dict) else (value,):
+                if isinstance(d, Dispatcher):
+                    found[d.py_func.__qualname__] = d
+    return {
+        name: (sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
+        for name, d in sorted(found.items())
+    }
 
 
 class CPUBackend:
     """Fused canonical GEMV/GEMM for linear layers; `fallback` (the reference) for the rest.
 
     `parallel`: run the kernels on numba's threads (True), serially (False), or by size (None;
-    see `tree_dot.PARALLEL_MIN_WORK`). The bits are the same either way."""
+    see `tree_dot.PARALLEL_MIN_WORK`). `load_after_s`: None loads the numba kernels on first
+    use; a number runs every node on numpy (the reference's functions, the light paths) until
+    that many seconds of evaluation have passed, then loads them — what the default backend does
+    (`LOAD_COST_S`), so that a short run does not pay more for loading than it can gain. The bits
+    are the same either way. `on_compile` is called once if numba has to compile a kernel (no
+    usable on-disk cache), before it does: the CLI says so."""
 
     name = "cpu"
 
-    def __init__(self, fallback: Backend | None = None, parallel: bool | None = None) -> None:
+    def __init__(
+        self,
+        fallback: Backend | None = None,
+        parallel: bool | None = None,
+        load_after_s: float | None = None,
+        on_compile: Callable[[], None] | None = None,
+    ) -> None:
         self.fallback = fallback or ReferenceBackend()
         self.parallel = parallel
+        self.load_after_s = load_after_s
+        self.on_compile = on_compile
+        self.numpy_s = 0.0  # evaluation time spent before the kernels were loaded
+        self._kernels: Kernels | None = None
         self._plans: dict[Node, DotPlan | None] = {}
         # (id(source), offset, transposed, k, n) -> (source kept alive, its packed panels)
         self._packed: dict[tuple[int, int, bool, int, int], tuple[np.ndarray, PackedWeight]] = {}
 
+    @property
+    def loaded(self) -> bool:
+        """Whether this backend runs the numba kernels yet."""
+        return self._kernels is not None
+
+    def _load(self) -> Kernels:
+        if self.on_compile is not None:
+            on_first_compile(self.on_compile)
+        self._kernels = kernels()
+        return self._kernels
+
     def evaluate(self, program: Program, node: Node, rows: list[Row]) -> list[np.ndarray]:
         """Each row's flat output of `node`; dots against weights run fused, all rows at once."""
+        k = self._kernels
+        if k is None:
+            if self.load_after_s is None or self.numpy_s >= self.load_after_s:
+                k = self._load()
+            else:
+                start = time.perf_counter()
+                try:
+                    if node.op == Op.MAP:
+                        return [self._map_row(program, node, row, FUNCTIONS) for row in rows]
+                    return self.fallback.evaluate(program, node, rows)
+                finally:
+                    self.numpy_s += time.perf_counter() - start
         plan = self._plans.get(node, False)
         if plan is False:
             plan = self._plans[node] = dot_plan(node)
         if plan is None or not rows:
             if node.op == Op.MAP:
-                return [self._map_row(program, node, row) for row in rows]
+                return [self._map_row(program, node, row, k.functions) for row in rows]
             if node.op == Op.REDUCE and node.reducer == Reducer.SUM and len(rows) == 1:
-                return [self._sum_row(program, node, rows[0])]
+                return [self._sum_row(program, node, rows[0], k.tree_sum)]
             return self.fallback.evaluate(program, node, rows)
         weight = self.packed(rows[0].sources[1 - plan.x_operand], plan)
         lo, hi = plan.x_offset, plan.x_offset + plan.k
@@ -113,7 +228,7 @@ class CPUBackend:
             x = rows[0].sources[plan.x_operand][lo:hi][None, :]
         else:
             x = np.stack([row.sources[plan.x_operand][lo:hi] for row in rows])
-        return list(matmul(x, weight, parallel=self.parallel))
+        return list(k.matmul(x, weight, parallel=self.parallel))
 
     @staticmethod
     def _operand(
@@ -127,7 +242,9 @@ class CPUBackend:
             return source[base : base + size]
         return strided(source, op, dims, row.position, row.token).reshape(-1)
 
-    def _map_row(self, program: Program, node: Node, row: Row) -> np.ndarray:
+    def _map_row(
+        self, program: Program, node: Node, row: Row, functions: dict[Fn, Callable]
+    ) -> np.ndarray:
         """The reference's elementwise function on this row's operands, gathered cheaply."""
         dims = index_dims(program, node, row.position)
         size = math.prod(dims)
@@ -135,12 +252,14 @@ class CPUBackend:
             self._operand(src, op, dims, size, row)
             for src, op in zip(row.sources, node.operands, strict=True)
         ]
-        out = np.asarray(FAST_FUNCTIONS[node.fn](*args), dtype=np.float32)
+        out = np.asarray(functions[node.fn](*args), dtype=np.float32)
         if out.shape != (size,) or node.fn == Fn.COPY:  # constants broadcast; never alias
             out = np.array(np.broadcast_to(out, (size,)), dtype=np.float32)
         return out
 
-    def _sum_row(self, program: Program, node: Node, row: Row) -> np.ndarray:
+    def _sum_row(
+        self, program: Program, node: Node, row: Row, tree_sum: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
         """REDUCE(SUM): the reference's terms (strided views, its function), the numba tree."""
         dims = index_dims(program, node, row.position)
         views = [
@@ -158,6 +277,7 @@ class CPUBackend:
             return hit[1]
         flat = source[plan.w_offset : plan.w_offset + plan.k * plan.n]
         shape = (plan.k, plan.n) if plan.transposed else (plan.n, plan.k)
+        pack = (self._kernels or self._load()).pack
         weight = pack(flat.reshape(shape), transposed=plan.transposed)
         self._packed[key] = (source, weight)
         return weight
