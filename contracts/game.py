@@ -10,6 +10,12 @@ watcher and prover clients build on them. Chain: embedded py-evm by default, any
     dispute_id = game.open_dispute(claim_id, other_root, sender=watcher)
     game.reveal_children(dispute_id, left, right, sender=...)
     game.dispute(dispute_id).stage                     # Stage.TRACE, ...
+    game.collect_reward(claim_id, watcher)             # its share, once the claim is settled
+
+Payouts are those of protocol draft 4 (docs/protocol.md section 5): `post_claim` sends the claim
+bond plus the non-refundable per-position fee (`claim_value`), a token-mismatch proof is a
+commitment and then, in a later block, the proof, and an overturned claim's reward pool is
+collected per account once the claim is settled.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from eth_abi import encode as abi_encode
 from eth_hash.auto import keccak
 from eth_tester.exceptions import TransactionFailed
 from web3 import Web3
@@ -69,6 +76,8 @@ class GameParams:
     window: int = 3600
     clock: int = 1800
     extension: int = 120
+    fee_per_position: int = 10**12
+    fee_recipient: str | None = None  # the watchers' fund; None: the deployer
 
 
 class GameError(RefuteError):
@@ -134,6 +143,9 @@ class ClaimState:
     deadline: int
     open_disputes: int
     status: ClaimStatus
+    overturn_block: int
+    wins: int  # successful challenges: shares of the reward pool
+    dust_burned: bool
     model_root: bytes
     prompt_root: bytes
     trace_root: bytes
@@ -170,8 +182,6 @@ class DisputeState:
     element: int
     value: list[int]
     value_index: list[int]
-    last_mover: str
-    last_side: int
     moves: int
 
 
@@ -187,6 +197,8 @@ class GameClient:
         f = game.functions
         self.bonds = (f.claimBond().call(), f.challengeBond().call(), f.moveBond().call())
         """(B_c, B_x, b) in wei."""
+        self.fee_per_position = int(f.feePerPosition().call())
+        """The non-refundable claim fee per position (wei)."""
 
     @classmethod
     def deploy(
@@ -199,6 +211,8 @@ class GameClient:
     ) -> GameClient:
         """Deploy the three contracts (embedded chain unless `url` or `w3` is given)."""
         w3 = w3 if w3 is not None else connect(url)
+        deployer = sender if sender is not None else w3.eth.accounts[0]
+        recipient = params.fee_recipient if params.fee_recipient is not None else deployer
         registry = deploy(w3, "ModelRegistry", sender=sender)
         verifier = deploy(w3, "OneStepVerifier", sender=sender)
         game = deploy(
@@ -213,6 +227,8 @@ class GameClient:
             params.window,
             params.clock,
             params.extension,
+            params.fee_per_position,
+            Web3.to_checksum_address(recipient),
             sender=sender,
         )
         return cls(w3, registry, verifier, game)
@@ -273,6 +289,8 @@ class GameClient:
             f.window().call(),
             f.clock().call(),
             f.extension().call(),
+            f.feePerPosition().call(),
+            f.feeRecipient().call(),
         )
 
     # --- registry and claims -------------------------------------------------------------------
@@ -298,6 +316,11 @@ class GameClient:
         )
         return bytes(root)
 
+    def claim_value(self, positions: int) -> int:
+        """msg.value of `postClaim` for a claim of `positions` positions (len(prompt) +
+        len(output) - 1): the claim bond plus the non-refundable fee."""
+        return self.bonds[0] + self.fee_per_position * positions
+
     def post_claim(
         self,
         model: Model,
@@ -308,37 +331,80 @@ class GameClient:
         trace_root: bytes | None = None,
         prompt: list[int] | None = None,
     ) -> int:
-        """Post the claim of a generation with the claim bond; returns the claim id. The
-        overrides (tokens, trace root, prompt) post something else than the generation: they
-        exist to play cheating provers."""
+        """Post the claim of a generation with the claim bond and fee; returns the claim id.
+        The overrides (tokens, trace root, prompt) post something else than the generation:
+        they exist to play cheating provers."""
         req = gen.request
         tokens = list(gen.output_tokens) if output_tokens is None else list(output_tokens)
+        prompt = list(req.prompt) if prompt is None else list(prompt)
         claim_id, _ = self.transact(
             self.game,
             "postClaim",
             model.root,
-            encode_tokens(req.prompt if prompt is None else prompt),
+            encode_tokens(prompt),
             f32_bits(np.float32(req.temperature)),
             req.seed,
             encode_tokens(tokens),
             gen.trace.root() if trace_root is None else trace_root,
             gen.trace.num_records,
             sender=sender,
-            value=self.bonds[0],
+            value=self.claim_value(len(prompt) + len(tokens) - 1),
         )
         return int(claim_id)
 
     def finalize(self, claim_id: int, sender: str | None = None):
         return self.transact(self.game, "finalize", claim_id, sender=sender)[1]
 
+    @staticmethod
+    def token_commitment(sender: str, claim_id: int, i: int, record_root: bytes) -> bytes:
+        """keccak256(abi.encode(sender, claimId, i, recordRoot)): what `commitTokenProof` takes."""
+        return keccak(
+            abi_encode(
+                ["address", "uint256", "uint256", "bytes32"],
+                [Web3.to_checksum_address(sender), claim_id, i, bytes(record_root)],
+            )
+        )
+
+    def commit_token_proof(self, commitment: bytes, sender: str | None = None):
+        return self.transact(self.game, "commitTokenProof", commitment, sender=sender)[1]
+
+    def committed_at(self, commitment: bytes) -> int:
+        """Block of the commitment (0: none)."""
+        return int(self.game.functions.committedAt(commitment).call())
+
     def prove_token_mismatch(
         self, claim_id: int, tokens: list[int], i: int, record_root: bytes, record_path, chunk,
         chunk_path, sender: str | None = None,
     ):  # fmt: skip
+        """Commit to the proof (unless already committed) and, in a later block, send it: the
+        commitment binds the sender, so copying the proof's calldata pays nobody else. The
+        proof is sent after the commitment's receipt, so it is mined in a later block on any
+        chain. Returns the proof's receipt."""
+        sender = self._sender(sender)
+        commitment = self.token_commitment(sender, claim_id, i, record_root)
+        if self.committed_at(commitment) == 0:
+            self.commit_token_proof(commitment, sender=sender)
         return self.transact(
             self.game, "proveTokenMismatch", claim_id, encode_tokens(tokens), i, record_root,
             record_path, chunk, chunk_path, sender=sender,
         )[1]  # fmt: skip
+
+    def collect_reward(self, claim_id: int, account: str, sender: str | None = None):
+        """Credit `account` its share of an overturned claim's reward pool (once settled)."""
+        return self.transact(self.game, "collectReward", claim_id, account, sender=sender)[1]
+
+    def reward(self, claim_id: int, account: str) -> int:
+        """What `collect_reward` would credit now (0 until the claim is settled), read on the
+        pending block as `transact` does (on a chain that mines only on transactions the latest
+        block's time can be far behind)."""
+        return int(self.game.functions.reward(claim_id, account).call(block_identifier="pending"))
+
+    def reward_shares(self, claim_id: int, account: str) -> int:
+        """Uncollected shares of `account` in the claim's reward pool."""
+        return int(self.game.functions.rewardShares(claim_id, account).call())
+
+    def burned(self) -> int:
+        return int(self.game.functions.burned().call())
 
     # --- disputes ----------------------------------------------------------------------------
 
@@ -385,7 +451,7 @@ class GameClient:
 
     def claim(self, claim_id: int) -> ClaimState:
         c = self.game.functions.getClaim(claim_id).call()
-        return ClaimState(*c[:3], ClaimStatus(c[3]), *[bytes(x) for x in c[4:8]], *c[8:])
+        return ClaimState(*c[:3], ClaimStatus(c[3]), *c[4:7], *[bytes(x) for x in c[7:11]], *c[11:])
 
     def dispute(self, dispute_id: int) -> DisputeState:
         d = list(self.game.functions.getDispute(dispute_id).call())

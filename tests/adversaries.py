@@ -36,7 +36,15 @@ from refute.bisection.challenger import Challenger
 from refute.bisection.player import Player, Side, request_to_json
 from refute.bisection.prover import Prover
 from refute.contracts.chain import set_next_timestamp
-from refute.contracts.game import CHALLENGE, CLAIM, GameClient, GameError, GameParams, Stage
+from refute.contracts.game import (
+    CHALLENGE,
+    CLAIM,
+    ClaimStatus,
+    GameClient,
+    GameError,
+    GameParams,
+    Stage,
+)
 from refute.contracts.onestep import ListTree, StepProver, f32_bits
 from refute.engine import merkle, steps
 from refute.engine.checkpoint import load_model
@@ -628,18 +636,34 @@ def play_out(game: GameClient, honest: Player, adversary: Player, style: Style,
 
 
 def settle_everything(game: GameClient, accounts: list[str]) -> dict[str, int]:
-    """Settle every dispute for every account, withdraw every credit; return the amounts. The
-    game must be left with no ETH (G5: every wei received is credited exactly once)."""
+    """Settle every dispute for every account, collect every overturned claim's rewards once
+    it is settled (the clock is moved past the last window), withdraw every credit (and the
+    fee recipient's); return the amounts (fees not included unless the fee recipient is one of
+    `accounts`). The game must be left holding exactly what was burned (G5: every wei received
+    is credited or burned exactly once)."""
     for did in disputes(game):
         for a in accounts:
             if game.owed(did, a):  # (settling an account owed nothing credits nothing)
                 game.settle(did, a)
+    claims = [game.claim(cid) for cid in range(game.game.functions.claimCount().call())]
+    overturned = [cid for cid, c in enumerate(claims) if c.status == ClaimStatus.OVERTURNED]
+    if overturned:
+        deadline = max(claims[cid].deadline for cid in overturned)
+        if pending_time(game.w3) < deadline:
+            set_next_timestamp(game.w3, deadline)
+    for cid in overturned:
+        for a in accounts:
+            if game.reward_shares(cid, a):
+                game.collect_reward(cid, a)
     got = {}
     for a in accounts:
         got[a] = game.credit(a)
         if got[a]:
             game.withdraw(a)
-    assert game.w3.eth.get_balance(game.game.address) == 0
+    recipient = game.game.functions.feeRecipient().call()
+    if game.credit(recipient):
+        game.withdraw(recipient)
+    assert game.w3.eth.get_balance(game.game.address) == game.burned()
     return got
 
 

@@ -9,8 +9,9 @@ adversarial scenarios again on a real anvil node.
   shortens the opponent's clock, and a party whose clock is nearly spent still gets the
   extension E to answer; the slow honest party wins.
 - Front-running an honest move to take its bond: the copied reveal is the same data, the
-  honest transaction reverts with its bond untouched, the front-runner is paid only as the
-  honest side's mover (and is refused at level 3).
+  honest transaction reverts with its bond untouched, the front-runner only gets its own bond
+  back (draft 4: the losing side's bonds go to the winning side's opener), and is refused at
+  level 3.
 - Unbounded sub-games: eight disputes on one claim cost no more per finalisation, timeout,
   move or step than one; moves in one dispute leave the others untouched; the gas of a move
   does not grow with the moves played.
@@ -148,7 +149,9 @@ def test_resolving_early_is_impossible(embedded_web3: Web3, model: Model, tmp_pa
     expect("DisputeNotActive", game.timeout, 0)
     moves = game.dispute(0).moves
     watcher.poll()  # (it records the outcome)
-    assert watcher.collect() == B_X + B_C + moves * B
+    # long past W and no dispute open: the claim is settled, the reward (the whole pool,
+    # B_C / 2: one successful challenge) is collected with the bonds
+    assert watcher.collect() == B_X + B_C // 2 + moves * B
     settle_everything(game, acc[1:4])
 
 
@@ -223,8 +226,7 @@ def test_front_running_cannot_take_honest_bond(
 ) -> None:
     """A front-runner copies the watcher's pending moves (levels 1-2: accepted as the
     challenge side's moves; level 3: refused) and its step: the watcher's transactions revert
-    without touching its bonds, and the runner earns only what a mover of the winning side
-    earns."""
+    without touching its bonds, and the runner gets back only its own bonds."""
     w3 = embedded_web3
     acc = w3.eth.accounts
     runner = acc[5]
@@ -251,7 +253,7 @@ def test_front_running_cannot_take_honest_bond(
             else:
                 balance = w3.eth.get_balance(game.game.address)
                 copy_move(game, 0, side, runner)
-                assert game.dispute(0).last_mover == runner
+                assert game.events("Moved", disputeId=0)[-1]["mover"] == runner
                 assert w3.eth.get_balance(game.game.address) == balance + B
                 # within a descent the claim side is now to move at a new node; else the
                 # dispute has gone on to the next stage
@@ -267,20 +269,19 @@ def test_front_running_cannot_take_honest_bond(
     assert d.winner == CHALLENGE + 1 and game.claim(cid).status == ClaimStatus.OVERTURNED
     assert {"TRACE", "RECORD", "CHUNK"} <= set(copied) and set(refused) == {"REDUCTION"}
     assert game.events("StepVerified")[0]["claimCorrect"] is False
-    # the runner is paid as the honest side's mover for each copied move (its bond back, and
-    # the claim move it countered), and nothing for the step (every claim move was
-    # countered); the watcher keeps every other bond
+    # the runner gets its own bond back for each copied move and nothing for the step; the
+    # watcher (the winning opener) every claim-side bond, its own back, and the whole pool
     got = settle_everything(game, [acc[1], acc[2], runner])
-    assert got[runner] == 2 * len(copied) * B
-    assert got[acc[2]] == B_X + B_C + (d.moves - 2 * len(copied)) * B and got[acc[1]] == 0
+    assert got[runner] == len(copied) * B
+    assert got[acc[2]] == B_X + B_C // 2 + (d.moves - len(copied)) * B and got[acc[1]] == 0
 
 
 def test_multiple_challengers_on_one_claim(
     embedded_web3: Web3, model: Model, tmp_path: Path
 ) -> None:
     """Two honest watchers dispute the same false claim in parallel: the first dispute to
-    resolve overturns it and takes the claim bond; the other goes on to its end and is paid
-    its own bonds; the cheater defends both and loses both."""
+    resolve overturns it; the other goes on to its end; both are successful challenges and
+    share the reward pool B_C / 2 once the claim is settled; the cheater loses both."""
     w3 = embedded_web3
     acc = w3.eth.accounts
     game = new_game(w3)
@@ -301,11 +302,12 @@ def test_multiple_challengers_on_one_claim(
     (overturned,) = game.events("ClaimOverturned")
     first = resolved[0]["disputeId"]
     assert overturned["disputeId"] == first and game.claim(cid).status == ClaimStatus.OVERTURNED
+    if pending_time(w3) < game.claim(cid).deadline:
+        set_next_timestamp(w3, game.claim(cid).deadline)  # settled: W over, no dispute open
     got = [watcher.collect() for watcher in watchers]
     for k, watcher in enumerate(watchers):
         did = int(next(iter(watcher.disputes)))
-        bonus = B_C if did == first else 0
-        assert got[k] == B_X + game.dispute(did).moves * B + bonus
+        assert got[k] == B_X + game.dispute(did).moves * B + B_C // 4
     assert settle_everything(game, acc[1:4]) == {a: 0 for a in acc[1:4]}
 
 
@@ -387,9 +389,10 @@ def test_unbounded_sub_games(embedded_web3: Web3, model: Model, tmp_path: Path) 
     assert abs(sa - sb) <= 5_000 and abs(sb - sc) <= 5_000
     got = settle_everything(game, acc[1:10])
     moves = sum(game.dispute(k).moves for k in disputes(game))
-    assert got[acc[1]] + got[acc[2]] == 3 * B_C + 9 * B_X + moves * B
-    assert got[acc[2]] in (0, B, 2 * B)  # (its own last bonds, as the caller of the steps)
-    assert all(got[a] == 0 for a in acc[3:10])
+    # the honest claimant: its three bonds, the nine failed challenge bonds, every move bond
+    # (its own back, the liars' as the winning opener); the liars nothing
+    assert got[acc[1]] == 3 * B_C + 9 * B_X + moves * B
+    assert all(got[a] == 0 for a in acc[2:10])
 
 
 # --- anvil --------------------------------------------------------------------------------
@@ -418,7 +421,9 @@ def test_anvil_cheating_prover_overturned(anvil_game: GameClient, model: Model,
     d = anvil_game.dispute(did)
     assert (d.position, d.node_id, d.element) == (2, model.program.node_index("lm_head"), 17)
     assert anvil_game.claim(cid).status == ClaimStatus.OVERTURNED
-    assert watcher.collect() == B_X + B_C + d.moves * B and cheater.collect() == 0
+    assert watcher.collect() == B_X + d.moves * B and cheater.collect() == 0
+    set_next_timestamp(w3, anvil_game.claim(cid).deadline)  # the reward, once W is over
+    assert watcher.collect() == B_C // 2 and anvil_game.burned() == B_C - B_C // 2
     settle_everything(anvil_game, acc[1:3])
 
 
@@ -464,5 +469,7 @@ def test_anvil_offline_prover_times_out(anvil_game: GameClient, model: Model,
     assert anvil_game.claim(cid).status == ClaimStatus.OVERTURNED
     watcher.poll()
     assert watcher.disputes[str(did)]["winner"] == "challenge"
-    assert watcher.collect() == B_X + B_C
+    assert watcher.collect() == B_X
+    set_next_timestamp(w3, anvil_game.claim(cid).deadline)
+    assert watcher.collect() == B_C // 2
     settle_everything(anvil_game, acc[5:7])

@@ -199,11 +199,14 @@ def test_honest_claim_finalizes_after_window(game: GameClient, model, runs) -> N
 
 def test_claim_checks(game: GameClient, model, runs) -> None:
     _, gen = runs["honest"]
-    bond = PARAMS.claim_bond
+    positions = len(REQUEST.prompt) + len(gen.output_tokens) - 1
+    bond = game.claim_value(positions)  # B_c + the fee
+    assert bond == PARAMS.claim_bond + PARAMS.fee_per_position * positions
     base = [model.root, encode_tokens(REQUEST.prompt), f32_bits(0.9), 11,
             encode_tokens(gen.output_tokens), gen.trace.root(), gen.trace.num_records]  # fmt: skip
     t = game.transact
     expect("WrongBond", t, game.game, "postClaim", *base, value=bond - 1)
+    expect("WrongBond", t, game.game, "postClaim", *base, value=PARAMS.claim_bond)  # no fee
     bad = list(base)
     bad[6] += 1
     expect("WrongRecordCount", t, game.game, "postClaim", *bad, value=bond)
@@ -233,6 +236,8 @@ def test_tampered_prover_loses_full_dispute(game: GameClient, model, runs) -> No
     ex_ok, gen_ok = runs["honest"]
     start_balance = balance_of_game(game)
     cid = game.post_claim(model, gen_bad, sender=prover)
+    fee = game.credit(acc[0])  # the deployer is the fee recipient (GameParams' default)
+    assert fee == PARAMS.fee_per_position * (len(REQUEST.prompt) + len(gen_bad.output_tokens) - 1)
     did = game.open_dispute(cid, gen_ok.trace.root(), sender=watcher)
     parties = [Party(model, ex_bad, gen_bad, prover), Party(model, ex_ok, gen_ok, watcher)]
     first = len(game.gas_used)
@@ -247,17 +252,23 @@ def test_tampered_prover_loses_full_dispute(game: GameClient, model, runs) -> No
     assert levels == [1, 2, 3]
     (step,) = game.events("StepVerified", disputeId=did)
     assert not step["claimCorrect"]
-    # credits: B_x back, B_c won, every move bond of the dispute (the loser's countered)
+    # credits: B_x back and every move bond of the dispute (the claim side's to the winning
+    # opener at resolution, its own by settle); B_c / 2 burned, B_c / 2 its reward once settled
     moves = d.moves
     game.settle(did, watcher)
     game.settle(did, prover)
     assert game.credit(prover) == 0
+    assert game.credit(watcher) == PARAMS.challenge_bond + moves * PARAMS.move_bond
+    assert game.burned() == PARAMS.claim_bond // 2
+    travel(w3, game.claim(cid).deadline)
+    game.collect_reward(cid, watcher)
     assert (
-        game.credit(watcher) == PARAMS.challenge_bond + PARAMS.claim_bond + moves * PARAMS.move_bond
+        game.credit(watcher)
+        == PARAMS.challenge_bond + PARAMS.claim_bond // 2 + moves * PARAMS.move_bond
     )
-    assert balance_of_game(game) - start_balance == game.credit(watcher)
+    assert balance_of_game(game) - start_balance == game.credit(watcher) + fee + game.burned()
     game.withdraw(watcher)
-    assert balance_of_game(game) == start_balance
+    assert balance_of_game(game) == start_balance + fee + game.burned()
     gas = Counter()
     for fn, used in game.gas_used[first:]:
         gas[fn] = max(gas[fn], used)
@@ -297,8 +308,7 @@ def test_honest_prover_beats_lying_challenger(game: GameClient, model, runs) -> 
     assert c.status == ClaimStatus.PENDING and c.open_disputes == 0
     game.settle(did, prover)
     game.settle(did, liar)
-    # B_x to the claimant; every move bond to the prover (its own back, the liar's countered,
-    # the liar's last uncountered one to the step caller = the prover)
+    # B_x and the liar's move bonds to the claimant (the winning opener), its own by settle
     assert game.credit(prover) == PARAMS.challenge_bond + d.moves * PARAMS.move_bond
     assert game.credit(liar) == 0
     travel(game.w3, c.deadline + 1)
@@ -381,12 +391,14 @@ def test_front_running_keeps_honest_bond(game: GameClient, model, runs) -> None:
     assert stages["STEP"] == 1 and game.dispute(did).winner == 2
     game.settle(did, runner)
     game.settle(did, watcher)
-    # the runner made one winning move (its bond back) and countered one claim move
-    assert game.credit(runner) == 2 * PARAMS.move_bond
+    # the runner made one winning move: its bond back, nothing more (draft 4: no bounty for
+    # countering); the opener takes every claim-side bond and its own back
+    assert game.credit(runner) == PARAMS.move_bond
     d = game.dispute(did)
     watcher_moves = sum(1 for m in game.events("Moved", disputeId=did) if m["mover"] == watcher)
+    assert watcher_moves == d.moves // 2 - 1
     assert game.credit(watcher) == (
-        PARAMS.challenge_bond + PARAMS.claim_bond + 2 * watcher_moves * PARAMS.move_bond
+        PARAMS.challenge_bond + (watcher_moves + (d.moves + 1) // 2) * PARAMS.move_bond
     )
 
 
@@ -445,7 +457,14 @@ def test_output_token_mismatch(game: GameClient, model, runs) -> None:
     expect("RootMismatch", game.prove_token_mismatch, cid, tokens, 2, *args[0])
     game.prove_token_mismatch(cid, tokens, 2, *args[1], sender=acc[7])
     assert game.claim(cid).status == ClaimStatus.OVERTURNED
-    assert game.credit(acc[7]) == PARAMS.claim_bond
+    # one share of the pool B_c / 2, paid once the claim is settled (W passed)
+    assert game.reward_shares(cid, acc[7]) == 1 and game.reward(cid, acc[7]) == 0
+    expect("WindowOpen", game.collect_reward, cid, acc[7])
+    travel(game.w3, game.claim(cid).deadline)
+    assert game.reward(cid, acc[7]) == PARAMS.claim_bond // 2
+    game.collect_reward(cid, acc[7])
+    assert game.credit(acc[7]) == PARAMS.claim_bond // 2
+    assert game.burned() == PARAMS.claim_bond - PARAMS.claim_bond // 2
     expect("ClaimNotPending", game.finalize, cid)
 
 

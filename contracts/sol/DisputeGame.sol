@@ -24,7 +24,12 @@ import {OneStepVerifier} from "./OneStepVerifier.sol";
 ///         - level 4 (STEP): the OneStepVerifier recomputes the disputed value with proofs
 ///           against the claim's trace root; the claim side loses iff its value differs.
 ///         Each side has a chess clock; `timeout` makes the side to move lose once its clock has
-///         run out. Every move carries the move bond; payouts are credits (`settle`, `withdraw`).
+///         run out. Every move carries the move bond; payouts are credits (`settle`,
+///         `collectReward`, `withdraw`). Payouts follow protocol draft 4 (docs/protocol.md
+///         section 5): a per-position claim fee to the watchers' fund, half of a forfeited claim
+///         bond burned and half shared among the claim's successful challenges once it settles,
+///         token-mismatch proofs by commit-reveal, and a losing side's move bonds to the winning
+///         side's opener.
 /// @dev Invariants (the numbers are referred to in the code):
 ///      - G1 (one disagreement): while a dispute is in a bisection stage, node[CLAIM] !=
 ///        node[CHALLENGE]; every left-first descent keeps it, and everything left of the
@@ -41,9 +46,15 @@ import {OneStepVerifier} from "./OneStepVerifier.sol";
 ///      - G4 (clocks): only the side to move has its clock running; a move never changes the
 ///        other side's remaining time except raising it to the extension E; no move after the
 ///        mover's clock ran out, no timeout before.
-///      - G5 (conservation): every wei received (claim, challenge and move bonds) is credited
-///        exactly once: a move bond to its mover if its side wins, else to whoever countered it
-///        (the opponent's next mover, the step caller, or the winning side's opener).
+///      - G5 (conservation): every wei received (claim fees, claim, challenge and move bonds) is
+///        credited or burned exactly once: the fee to feeRecipient at once; a move bond to its
+///        mover if its side wins (`settle`), else to the winning side's opener at resolution; a
+///        forfeited claim bond half to `burned`, half to the claim's reward pool, paid out in
+///        equal units per share (`collectReward`) with the rounding dust burned once. So at all
+///        times: balance == sum of credits + outstanding bonds + unpaid rewards + burned.
+///      - G8 (rewards): a claim's shares are fixed once it is settled (overturned, W passed, no
+///        dispute open): only disputes (opened while it was pending) resolving for the challenge
+///        side and token-mismatch proofs committed in a block before the overturn block count.
 ///      - G6 (counted disputes): claim.openDisputes is the number of unresolved disputes of the
 ///        claim; a claim finalises only when it is 0, W has passed and it was not overturned.
 ///      - G7 (bounded): no loop over moves, disputes or accounts; loops run over calldata.
@@ -76,6 +87,9 @@ contract DisputeGame {
         uint64 deadline; // end of the window W
         uint32 openDisputes;
         ClaimStatus status;
+        uint64 overturnBlock; // block in which it was overturned (0 otherwise)
+        uint32 wins; // successful challenges: shares of the reward pool
+        bool dustBurned; // the pool's rounding dust was burned (first collectReward)
         bytes32 modelRoot;
         bytes32 promptRoot;
         bytes32 traceRoot;
@@ -112,9 +126,7 @@ contract DisputeGame {
         uint64 element; // e
         uint32[2] value; // level 3 / 4: the two current values
         uint32[2] valueIndex; // ... and their indices (ARGMAX / SAMPLE)
-        address lastMover;
-        uint8 lastSide;
-        uint32 moves;
+        uint32 moves; // sides alternate from CLAIM: (moves + 1) / 2 claim-side moves
     }
 
     // --- constants and parameters ------------------------------------------------------------
@@ -147,6 +159,10 @@ contract DisputeGame {
     uint64 public immutable clock;
     /// @notice The clock extension E (seconds).
     uint64 public immutable extension;
+    /// @notice Non-refundable claim fee per position (wei), credited to feeRecipient.
+    uint256 public immutable feePerPosition;
+    /// @notice The watchers' fund that receives the claim fees.
+    address public immutable feeRecipient;
 
     // --- state -------------------------------------------------------------------------------
 
@@ -156,13 +172,20 @@ contract DisputeGame {
     uint256 public disputeCount;
     /// @notice Withdrawable credit per account.
     mapping(address => uint256) public credit;
+    /// @notice Wei burned: half of every forfeited claim bond and the pools' rounding dust. It
+    ///         stays in this contract forever (no function moves it).
+    uint256 public burned;
+    /// @notice Block in which a token-proof commitment was first made (0: never).
+    mapping(bytes32 => uint256) public committedAt;
+    /// @notice claim => account => shares of the claim's reward pool not yet collected.
+    mapping(uint256 => mapping(address => uint256)) public rewardShares;
+    /// claim => account => it has had a token-mismatch proof accepted (one per beneficiary)
+    mapping(uint256 => mapping(address => bool)) internal _tokenProved;
 
     mapping(uint256 => Claim) internal _claims;
     mapping(uint256 => Dispute) internal _disputes;
     /// dispute => account => side => move bonds it paid on that side
     mapping(uint256 => mapping(address => uint256[2])) internal _paid;
-    /// dispute => account => side => bonds of opponent moves it countered on that side
-    mapping(uint256 => mapping(address => uint256[2])) internal _countered;
 
     // --- events (docs/protocol.md section 7) ---------------------------------------------------
 
@@ -213,6 +236,15 @@ contract DisputeGame {
     event Credited(address indexed account, uint256 amount);
     /// @notice `account` withdrew `amount`.
     event Withdrawn(address indexed account, uint256 amount);
+    /// @notice `sender` committed to a token-mismatch proof (see `commitTokenProof`).
+    event TokenProofCommitted(bytes32 indexed commitment, address indexed sender);
+    /// @notice `account` gained a share of the claim's reward pool: by winning dispute
+    ///         `disputeId`, or (disputeId = type(uint256).max) by a token-mismatch proof.
+    event RewardShare(uint256 indexed claimId, address indexed account, uint256 disputeId);
+    /// @notice `account` was credited `amount` from the claim's reward pool.
+    event RewardPaid(uint256 indexed claimId, address indexed account, uint256 amount);
+    /// @notice `amount` of the claim's forfeited bond was burned.
+    event Burned(uint256 indexed claimId, uint256 amount);
 
     // --- errors ------------------------------------------------------------------------------
 
@@ -278,6 +310,14 @@ contract DisputeGame {
     error TransferFailed();
     /// @notice Deployment parameters are inconsistent (extension above the clock, zero clock).
     error BadParameters();
+    /// @notice No commitment of the sender to this proof from an earlier block.
+    error NotCommitted(bytes32 commitment);
+    /// @notice The proof's commitment was made in or after the block the claim was overturned in.
+    error CommittedTooLate(uint256 committedBlock, uint256 overturnBlock);
+    /// @notice The account already has a token-mismatch proof accepted for this claim.
+    error AlreadyProved(uint256 claimId, address account);
+    /// @notice The claim's rewards are not payable: it is not overturned.
+    error NotOverturned(uint256 claimId);
 
     // --- construction --------------------------------------------------------------------------
 
@@ -292,6 +332,8 @@ contract DisputeGame {
     /// @param window_ W.
     /// @param clock_ C.
     /// @param extension_ E (<= C).
+    /// @param feePerPosition_ The claim fee per position (wei), never refunded.
+    /// @param feeRecipient_ The watchers' fund credited with the claim fees.
     constructor(
         ModelRegistry registry_,
         OneStepVerifier verifier_,
@@ -301,7 +343,9 @@ contract DisputeGame {
         uint256 moveBond_,
         uint64 window_,
         uint64 clock_,
-        uint64 extension_
+        uint64 extension_,
+        uint256 feePerPosition_,
+        address feeRecipient_
     ) {
         if (clock_ == 0 || extension_ > clock_) revert BadParameters();
         registry = registry_;
@@ -314,13 +358,19 @@ contract DisputeGame {
         window = window_;
         clock = clock_;
         extension = extension_;
+        feePerPosition = feePerPosition_;
+        feeRecipient = feeRecipient_;
     }
 
     // =========================================================================================
     // Claims
     // =========================================================================================
 
-    /// @notice Post a claim with the claim bond. The prompt root is computed here.
+    /// @notice Post a claim with the claim bond and the claim fee: msg.value must be
+    ///         claimBond + feePerPosition * positions (positions = len(prompt) + len(outputTokens)
+    ///         - 1). The fee is credited to feeRecipient at once and never refunded, whatever
+    ///         the claim's fate (it pays the watchers' re-execution). The prompt root is computed
+    ///         here.
     /// @param modelRoot A registered model of this game's spec version.
     /// @param prompt The prompt tokens (each < vocab size), 4-byte little-endian uint32 each:
     ///        exactly the data of the prompt tensor, hashed as it is (and 8x less calldata and
@@ -340,7 +390,6 @@ contract DisputeGame {
         bytes32 traceRoot,
         uint64 numRecords
     ) external payable returns (uint256 claimId) {
-        if (msg.value != claimBond) revert WrongBond(msg.value, claimBond);
         ModelRegistry.Model memory m = registry.model(modelRoot);
         if (m.specVersion != specVersion) revert WrongSpecVersion(m.specVersion);
         // finite and >= 0: +0, -0 or a positive finite pattern (as the verifier's _score)
@@ -352,6 +401,9 @@ contract DisputeGame {
         if (c.promptLength == 0 || c.outputLength == 0) revert EmptyTokens();
         uint256 positions = c.promptLength + c.outputLength - 1;
         if (positions > m.maxPositions) revert TooManyPositions(positions, m.maxPositions);
+        uint256 required = claimBond + feePerPosition * positions;
+        if (msg.value != required) revert WrongBond(msg.value, required);
+        _credit(feeRecipient, required - claimBond);
         if (numRecords != positions * m.nodesPerPosition) {
             revert WrongRecordCount(numRecords, positions * m.nodesPerPosition);
         }
@@ -404,10 +456,26 @@ contract DisputeGame {
         _credit(c.claimant, claimBond);
     }
 
-    /// @notice Overturn a claim whose output token i is not the output of its sample record
+    /// @notice Commit to a token-mismatch proof, to be revealed with `proveTokenMismatch` in a
+    ///         later block: commitment = keccak256(abi.encode(sender, claimId, i, recordRoot)).
+    ///         It binds the beneficiary (so copied proof calldata is worthless to anyone else)
+    ///         and the proof's content (so it cannot be made for a claim without re-executing
+    ///         it). Idempotent: the first block a commitment was made in is kept.
+    /// @param commitment The commitment.
+    function commitTokenProof(bytes32 commitment) external {
+        if (committedAt[commitment] != 0) return;
+        committedAt[commitment] = block.number;
+        emit TokenProofCommitted(commitment, msg.sender);
+    }
+
+    /// @notice Prove that output token i of a claim is not the output of its sample record
     ///         (position len(prompt) - 1 + i, the token node): open that record against the
-    ///         trace root and element 0 of its output. The claim bond goes to the sender.
-    /// @param claimId The claim (pending, within W).
+    ///         trace root and element 0 of its output. Needs the sender's commitment
+    ///         (`commitTokenProof`) from an earlier block; within W; one accepted proof per
+    ///         sender and claim. On a pending claim it overturns it. On an overturned claim it
+    ///         counts if it was committed in a block before the overturn block. Either way it
+    ///         earns the sender one share of the claim's reward pool (`collectReward`).
+    /// @param claimId The claim (pending or overturned, within W).
     /// @param outputTokens The claim's output tokens as posted (checked against the stored hash).
     /// @param i The output index.
     /// @param recordRoot The sample record's output root.
@@ -423,27 +491,69 @@ contract DisputeGame {
         bytes calldata chunk,
         bytes32[] calldata chunkSiblings
     ) external {
-        Claim storage c = _pendingClaim(claimId);
-        if (block.timestamp >= c.deadline) revert WindowClosed(claimId);
+        Claim storage c = _committedProof(claimId, i, recordRoot);
         if (keccak256(outputTokens) != c.tokensHash) revert WrongTokens();
         if (i >= c.outputLength) revert OutputOutOfRange(i, c.outputLength);
-        MerkleProofs.verifyRecord(
+        uint32 token = reader.sampledToken(
             c.traceRoot,
             c.numRecords,
             c.nodesPerPosition,
             c.promptLength - 1 + i,
             c.tokenNode,
             recordRoot,
-            recordSiblings
+            recordSiblings,
+            chunk,
+            chunkSiblings
         );
-        uint32 token = MerkleProofs.verifyElement(
-            recordRoot, MerkleProofs.DTYPE_U32, 1, 0, chunk, chunkSiblings
-        );
-        uint32 claimed = Bisection.word(outputTokens, i);
-        if (token == claimed) revert NoMismatch(i, token);
-        c.status = ClaimStatus.Overturned;
-        emit ClaimOverturned(claimId, NONE);
-        _credit(msg.sender, claimBond);
+        if (token == Bisection.word(outputTokens, i)) revert NoMismatch(i, token);
+        _tokenProved[claimId][msg.sender] = true;
+        _win(c, claimId, msg.sender, NONE);
+    }
+
+    /// @dev proveTokenMismatch's claim and commitment checks (a separate frame keeps its stack
+    ///      small): within W, not finalised, the sender's commitment from an earlier block (and
+    ///      from before the overturn block), no proof of the sender accepted yet.
+    function _committedProof(uint256 claimId, uint256 i, bytes32 recordRoot)
+        private
+        view
+        returns (Claim storage c)
+    {
+        c = _claims[claimId];
+        if (c.status == ClaimStatus.None) revert UnknownClaim(claimId);
+        if (c.status == ClaimStatus.Finalized) revert ClaimNotPending(claimId);
+        if (block.timestamp >= c.deadline) revert WindowClosed(claimId);
+        bytes32 commitment = keccak256(abi.encode(msg.sender, claimId, i, recordRoot));
+        uint256 made = committedAt[commitment];
+        if (made == 0 || made >= block.number) revert NotCommitted(commitment);
+        if (c.status == ClaimStatus.Overturned && made >= c.overturnBlock) {
+            revert CommittedTooLate(made, c.overturnBlock);
+        }
+        if (_tokenProved[claimId][msg.sender]) revert AlreadyProved(claimId, msg.sender);
+    }
+
+    /// @notice Credit `account` its reward from an overturned claim once the claim is settled
+    ///         (W has passed and no dispute of it is open, so the shares are final, G8):
+    ///         shares * (pool / wins), pool = claimBond / 2. The first call for a claim burns
+    ///         the pool's rounding dust. Anyone may call it for anyone; O(1); a second call
+    ///         credits nothing.
+    /// @param claimId The claim.
+    /// @param account The challenger or token prover.
+    function collectReward(uint256 claimId, address account) external {
+        Claim storage c = _claims[claimId];
+        if (c.status != ClaimStatus.Overturned) revert NotOverturned(claimId);
+        if (block.timestamp < c.deadline) revert WindowOpen(claimId);
+        if (c.openDisputes != 0) revert DisputesOpen(claimId, c.openDisputes);
+        uint256 pool = claimBond / 2;
+        uint256 unit = pool / c.wins;
+        if (!c.dustBurned) {
+            c.dustBurned = true;
+            _burn(claimId, pool - unit * c.wins);
+        }
+        uint256 amount = rewardShares[claimId][account] * unit;
+        if (amount == 0) return;
+        delete rewardShares[claimId][account];
+        emit RewardPaid(claimId, account, amount);
+        _credit(account, amount);
     }
 
     // =========================================================================================
@@ -535,7 +645,7 @@ contract DisputeGame {
         _endMove(d, disputeId, 1, side, abi.encode(dtype, length, tree, output));
         // level 2 needs the shape of n at t (docs/ir.md); a wrong one loses at once
         if (dtype != (_argmaxLike(d) ? 1 : 0) || length != d.length) {
-            return _resolve(d, disputeId, 1 - side, address(0));
+            return _resolve(d, disputeId, 1 - side);
         }
         d.node[side] = tree;
         if (side == CLAIM) {
@@ -575,7 +685,7 @@ contract DisputeGame {
         uint256 used = uint256(d.length) - uint256(d.index) * 256;
         if (used > 256) used = 256;
         if (!Bisection.zeroFrom(chunk, used * 4)) {
-            return _resolve(d, disputeId, 1 - side, address(0));
+            return _resolve(d, disputeId, 1 - side);
         }
         if (side == CLAIM) return;
         uint256 j = Bisection.firstDifference(claimChunk, chunk, used);
@@ -614,7 +724,7 @@ contract DisputeGame {
         if (!_argmaxLike(d)) (leftIndex, rightIndex) = (0, 0);
         _endMove(d, disputeId, 3, side, abi.encode(leftValue, leftIndex, rightValue, rightIndex));
         if (!_combines(d, side, leftValue, leftIndex, rightValue, rightIndex)) {
-            return _resolve(d, disputeId, 1 - side, address(0));
+            return _resolve(d, disputeId, 1 - side);
         }
         bytes32 packed = bytes32(
             (uint256(leftValue) << 96) | (uint256(leftIndex) << 64) | (uint256(rightValue) << 32)
@@ -629,8 +739,8 @@ contract DisputeGame {
 
     /// @notice Level 4: recompute the disputed value with the OneStepVerifier (context from the
     ///         claim and its model, the step from the dispute) and resolve: the claim side loses
-    ///         iff its value (and index) differ. Any sender, no bond, while the claim side's
-    ///         clock runs; the uncountered last move of a losing challenge side pays the caller.
+    ///         iff its value (and index) differ. Any sender, no bond, no bounty, while the claim
+    ///         side's clock runs.
     /// @param disputeId The dispute.
     /// @param node Node n's descriptor and program proof.
     /// @param sources The operand proofs (see OneStepVerifier.computeStep).
@@ -659,7 +769,7 @@ contract DisputeGame {
             ? i == d.valueIndex[CLAIM] && (!d.valueKnown || v == d.value[CLAIM])
             : v == d.value[CLAIM];
         emit StepVerified(disputeId, v, i, claimCorrect);
-        _resolve(d, disputeId, claimCorrect ? CLAIM : CHALLENGE, msg.sender);
+        _resolve(d, disputeId, claimCorrect ? CLAIM : CHALLENGE);
     }
 
     /// @notice Resolve a dispute against the side to move once its clock has run out. Anyone.
@@ -669,22 +779,21 @@ contract DisputeGame {
         uint8 side = d.toMove;
         uint256 elapsed = block.timestamp - d.turnStart;
         if (elapsed <= d.clock[side]) revert ClockNotExpired(side, d.clock[side] - elapsed);
-        _resolve(d, disputeId, 1 - side, address(0));
+        _resolve(d, disputeId, 1 - side);
     }
 
-    /// @notice Credit `account` with what it is owed from the move bonds of a resolved dispute:
-    ///         its own moves on the winning side, and the losing moves it countered. Anyone may
-    ///         call it for anyone; a second call credits nothing.
+    /// @notice Credit `account` its own move bonds on the winning side of a resolved dispute
+    ///         (the losing side's bonds went to the winning side's opener at resolution). Anyone
+    ///         may call it for anyone; O(1); a second call credits nothing.
     /// @param disputeId The resolved dispute.
     /// @param account The mover.
     function settle(uint256 disputeId, address account) external {
         Dispute storage d = _disputes[disputeId];
         if (d.stage != Stage.Resolved) revert NotResolved(disputeId);
         uint8 w = d.winner - 1;
-        uint256 amount = _paid[disputeId][account][w] + _countered[disputeId][account][w];
+        uint256 amount = _paid[disputeId][account][w];
         delete _paid[disputeId][account];
-        delete _countered[disputeId][account];
-        if (amount != 0) _credit(account, amount);
+        _credit(account, amount);
     }
 
     /// @notice Withdraw the sender's whole credit.
@@ -713,6 +822,19 @@ contract DisputeGame {
         return _disputes[disputeId];
     }
 
+    /// @notice What `collectReward` would credit `account` now (0 until the claim is settled).
+    /// @param claimId The claim.
+    /// @param account The challenger or token prover.
+    /// @return The amount.
+    function reward(uint256 claimId, address account) external view returns (uint256) {
+        Claim storage c = _claims[claimId];
+        if (
+            c.status != ClaimStatus.Overturned || block.timestamp < c.deadline
+                || c.openDisputes != 0
+        ) return 0;
+        return rewardShares[claimId][account] * ((claimBond / 2) / c.wins);
+    }
+
     /// @notice What `settle` would credit `account` for a resolved dispute (0 if unresolved).
     /// @param disputeId The dispute.
     /// @param account The mover.
@@ -721,7 +843,7 @@ contract DisputeGame {
         Dispute storage d = _disputes[disputeId];
         if (d.stage != Stage.Resolved) return 0;
         uint8 w = d.winner - 1;
-        return _paid[disputeId][account][w] + _countered[disputeId][account][w];
+        return _paid[disputeId][account][w];
     }
 
     // =========================================================================================
@@ -794,9 +916,6 @@ contract DisputeGame {
         d.toMove = other;
         d.turnStart = uint64(block.timestamp);
         _paid[disputeId][msg.sender][side] += moveBond;
-        if (d.moves != 0 && d.lastSide != side) _countered[disputeId][msg.sender][side] += moveBond;
-        d.lastMover = msg.sender;
-        d.lastSide = side;
         d.moves += 1;
         emit Moved(disputeId, level, d.index, side, data, msg.sender, left);
     }
@@ -807,7 +926,7 @@ contract DisputeGame {
         Claim storage c = _claims[d.claimId];
         uint256 count = stage == Stage.Trace ? c.numRecords : (uint256(d.length) + 255) / 256;
         if (d.index >= count) {
-            return _resolve(d, disputeId, d.node[CLAIM] == bytes32(0) ? CLAIM : CHALLENGE, address(0));
+            return _resolve(d, disputeId, d.node[CLAIM] == bytes32(0) ? CLAIM : CHALLENGE);
         }
         if (stage == Stage.Trace) {
             d.position = uint64(d.index / c.nodesPerPosition);
@@ -824,8 +943,8 @@ contract DisputeGame {
     {
         if (np.id != d.nodeId) revert WrongNode(np.id, d.nodeId);
         ModelRegistry.Model memory m = registry.model(c.modelRoot);
-        MerkleProofs.verifyNode(m.programRoot, m.nodesPerPosition, np.id, np.descriptor, np.siblings);
-        NodeReader.Shape memory s = reader.shapeAt(np.descriptor, np.id, d.position);
+        NodeReader.Shape memory s =
+            reader.provenShapeAt(m.programRoot, m.nodesPerPosition, np, d.position);
         d.op = s.op;
         d.reducer = s.reducer;
         d.length = s.length;
@@ -919,28 +1038,39 @@ contract DisputeGame {
         ctx.position = d.position;
     }
 
-    /// @dev Resolve for `winner` (G5, G6). `resolver` (the step caller) receives the bond of an
-    ///      uncountered last move of the losing side; without one, the winning side's opener.
-    function _resolve(Dispute storage d, uint256 disputeId, uint8 winner, address resolver) private {
+    /// @dev Resolve for `winner` (G5, G6): the winning side's opener takes the challenge bond
+    ///      (the challenger its own back, or the claimant the failed challenger's) and every
+    ///      move bond paid on the losing side (sides alternate from CLAIM, so the claim side
+    ///      paid (moves + 1) / 2 of them); a winning challenge earns a reward share (G8).
+    function _resolve(Dispute storage d, uint256 disputeId, uint8 winner) private {
         Claim storage c = _claims[d.claimId];
         d.stage = Stage.Resolved;
         d.winner = winner + 1;
         c.openDisputes -= 1;
-        address opener = winner == CLAIM ? c.claimant : d.challenger;
         emit DisputeResolved(disputeId, d.claimId, winner + 1);
-        if (d.moves != 0 && d.lastSide != winner) {
-            _credit(resolver == address(0) ? opener : resolver, moveBond);
-        }
-        if (winner == CHALLENGE) {
-            _credit(d.challenger, challengeBond);
-            if (c.status == ClaimStatus.Pending) {
-                c.status = ClaimStatus.Overturned;
-                emit ClaimOverturned(d.claimId, disputeId);
-                _credit(d.challenger, claimBond);
-            }
-        } else {
-            _credit(c.claimant, challengeBond);
-        }
+        uint256 lost = winner == CLAIM ? d.moves / 2 : (uint256(d.moves) + 1) / 2;
+        address opener = winner == CLAIM ? c.claimant : d.challenger;
+        _credit(opener, challengeBond + lost * moveBond);
+        if (winner == CHALLENGE) _win(c, d.claimId, d.challenger, disputeId);
+    }
+
+    /// @dev A successful challenge (`disputeId`, or NONE for a token proof): one reward share;
+    ///      if the claim is still pending it is overturned, half its bond burned (G5, G8).
+    function _win(Claim storage c, uint256 claimId, address account, uint256 disputeId) private {
+        rewardShares[claimId][account] += 1;
+        c.wins += 1;
+        emit RewardShare(claimId, account, disputeId);
+        if (c.status != ClaimStatus.Pending) return;
+        c.status = ClaimStatus.Overturned;
+        c.overturnBlock = uint64(block.number);
+        emit ClaimOverturned(claimId, disputeId);
+        _burn(claimId, claimBond - claimBond / 2);
+    }
+
+    function _burn(uint256 claimId, uint256 amount) private {
+        if (amount == 0) return;
+        burned += amount;
+        emit Burned(claimId, amount);
     }
 
     function _credit(address account, uint256 amount) private {

@@ -5,8 +5,9 @@ import {MerkleProofs} from "./MerkleProofs.sol";
 import {OneStepVerifier} from "./OneStepVerifier.sol";
 import {SoftFloat32} from "./SoftFloat32.sol";
 
-/// @title NodeReader: what the dispute game reads from a node descriptor, and the combine step
-///        of a reduction tree (a separate contract so that DisputeGame stays under 24 KiB).
+/// @title NodeReader: what the dispute game reads from a node descriptor, the combine step of
+///        a reduction tree, and the opening of a claim's sampled token (a separate contract so
+///        that DisputeGame stays under 24 KiB).
 /// @dev Invariants:
 ///      - N1 (same IR): `shapeAt` resolves shapes as OneStepVerifier does (T = t + 1); dtype is
 ///        uint32 exactly for SAMPLE nodes and ARGMAX reductions (docs/ir.md).
@@ -40,7 +41,7 @@ contract NodeReader {
     /// @param t The position.
     /// @return s op, reducer, dtype, output length at t and padded reduction width.
     function shapeAt(bytes calldata descriptor, uint256 nodeId, uint256 t)
-        external
+        public
         pure
         returns (Shape memory s)
     {
@@ -61,6 +62,54 @@ contract NodeReader {
             uint256 k = _dim(node.reduceLen, t, nodeId);
             s.width = uint64(k <= 1 ? 1 : 1 << MerkleProofs.depthFor(k));
         }
+    }
+
+    /// @notice `shapeAt` of a node whose descriptor is first proven against the program root.
+    /// @param programRoot The model's program root.
+    /// @param nodeCount Nodes per position.
+    /// @param np The node's id, descriptor and program proof.
+    /// @param t The position.
+    /// @return The shape (see `shapeAt`).
+    function provenShapeAt(
+        bytes32 programRoot,
+        uint256 nodeCount,
+        OneStepVerifier.NodeProof calldata np,
+        uint256 t
+    ) external view returns (Shape memory) {
+        MerkleProofs.verifyNode(programRoot, nodeCount, np.id, np.descriptor, np.siblings);
+        return shapeAt(np.descriptor, np.id, t);
+    }
+
+    /// @notice The token of sample record (position, tokenNode): the record is proven against
+    ///         the trace root and element 0 of its one-element uint32 output against the
+    ///         record's output root (DisputeGame.proveTokenMismatch). Reverts unless both hold.
+    /// @param traceRoot The claim's trace root.
+    /// @param recordCount Its number of records.
+    /// @param nodesPerPosition Nodes per position.
+    /// @param position The sample record's position.
+    /// @param tokenNode The sample node.
+    /// @param recordRoot The record's output root.
+    /// @param recordSiblings Its path in the trace tree.
+    /// @param chunk The output's (only) chunk.
+    /// @param chunkSiblings Its path (empty).
+    /// @return The token.
+    function sampledToken(
+        bytes32 traceRoot,
+        uint256 recordCount,
+        uint256 nodesPerPosition,
+        uint256 position,
+        uint256 tokenNode,
+        bytes32 recordRoot,
+        bytes32[] calldata recordSiblings,
+        bytes calldata chunk,
+        bytes32[] calldata chunkSiblings
+    ) external view returns (uint32) {
+        MerkleProofs.verifyRecord(
+            traceRoot, recordCount, nodesPerPosition, position, tokenNode, recordRoot, recordSiblings
+        );
+        return MerkleProofs.verifyElement(
+            recordRoot, MerkleProofs.DTYPE_U32, 1, 0, chunk, chunkSiblings
+        );
     }
 
     function _dim(int64 d, uint256 t, uint256 nodeId) private pure returns (uint256) {
