@@ -272,6 +272,30 @@ def _run(service: Any, opts: dict[str, Any]) -> None:
         restore()
 
 
+def _drill_syntax(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a malformed drill target before the chain is touched (the model check follows)."""
+    from refute.bisection.drills import DrillError, split_target
+
+    if value is not None:
+        try:
+            split_target(value)
+        except DrillError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _drill(parse: Callable, text: str | None, model: Any, option: str) -> Any:
+    """The tamper hook of a --cheat / --lie drill, validated against the model's program."""
+    from refute.bisection.drills import DrillError
+
+    if text is None:
+        return None
+    try:
+        return parse(text, model)
+    except DrillError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
 def _executor(model: Any, opts: dict[str, Any], tamper: Any = None):
     from refute.engine import backends
     from refute.engine.executor import Executor
@@ -306,11 +330,13 @@ def _executor(model: Any, opts: dict[str, Any], tamper: Any = None):
     help="also watch every claim on the game, as `refute watch` does",
 )
 @click.option(
-    "--tamper",
+    "--cheat",
     default=None,
-    hidden=True,
-    help="POSITION,NODE,ELEMENT: flip one bit of that record (a cheating prover, to "
-    "exercise watchers)",
+    metavar="POSITION,NODE,ELEMENT",
+    callback=_drill_syntax,
+    help="a drill: claim traces in which this one element is wrong (its lowest bit flipped; "
+    "NODE a node name such as layers.1.mlp.down, or its id), so that watchers dispute them "
+    "and win; the claim bond is lost",
 )
 def prove(
     prompts,
@@ -320,14 +346,14 @@ def prove(
     temperature,
     seed,
     also_watch,
-    tamper,
+    cheat,
     **opts,
 ) -> None:
     """Serve inference requests as claims on a chain and defend them: run each request, post its
     claim with the claim bond, answer every dispute opened against it from the trace (recomputed
     from checkpoints), finalise it after the window and withdraw what it is owed."""
     from refute.bisection.challenger import Challenger
-    from refute.bisection.demo import flip_bit
+    from refute.bisection.drills import parse_cheat
     from refute.bisection.prover import Prover
     from refute.bisection.service import Service, follow_lines
     from refute.engine.executor import Request
@@ -335,12 +361,8 @@ def prove(
 
     try:
         game, model, account, log, state, deployment = _open("prover", opts)
+        hook = _drill(parse_cheat, cheat, model, "--cheat")
         game.register(model, sender=account)
-        hook = None
-        if tamper is not None:
-            t, n, e = tamper.split(",")
-            node = int(n) if n.isdigit() else model.program.node_index(n)
-            hook = flip_bit((int(t), node, int(e)))
         prover = Prover(
             game,
             model,
@@ -400,10 +422,19 @@ def prove(
     type=click.IntRange(min=0),
     help="first block to read claims from (default: where the game was deployed)",
 )
-def watch(from_block, **opts) -> None:
+@click.option(
+    "--lie",
+    default=None,
+    metavar="POSITION,NODE,ELEMENT",
+    callback=_drill_syntax,
+    help="a drill: a dishonest watcher, re-executing with this one element wrong (as "
+    "prove --cheat), so that it disputes honest claims and loses its challenge bond",
+)
+def watch(from_block, lie, **opts) -> None:
     """Follow the claims posted on a game, re-execute each with the model it names, challenge
     mismatches (or prove a wrong token directly) and play every dispute to the end."""
     from refute.bisection.challenger import Challenger
+    from refute.bisection.drills import parse_lie
     from refute.bisection.service import Service
     from refute.errors import RefuteError
 
@@ -415,8 +446,14 @@ def watch(from_block, **opts) -> None:
                 detail="the embedded chain is private to this process: only claims "
                 "posted here can be seen; use --rpc to follow a shared chain",
             )
+        hook = _drill(parse_lie, lie, model, "--lie")
         watcher = Challenger(
-            game, model, state / "watcher", account, executor=_executor(model, opts)
+            game,
+            model,
+            state / "watcher",
+            account,
+            executor=_executor(model, opts, hook),
+            consistent_lies=hook is not None,
         )
         if from_block is not None:
             watcher.store["cursor"] = from_block

@@ -180,7 +180,7 @@ def test_prover_and_watcher_processes_on_anvil(anvil_web3: Web3, tmp_path: Path)
             PROMPT,
             "--max-new-tokens",
             "4",
-            "--tamper",
+            "--cheat",
             "3,layers.0.mlp.down,5",
             "--window",
             "600",
