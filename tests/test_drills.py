@@ -97,6 +97,22 @@ def test_a_drill_changes_one_element_of_one_record(model, honest, data) -> None:
     size = p.output_size(n, t)
     low = t * (size // (t + 1)) if node.op == Op.CACHE_APPEND else 0
     e = data.draw(st.integers(low, size - 1), label="element")
+    _check_one_change(model, honest, t, n, e)
+
+
+@pytest.mark.parametrize(
+    ("t", "name", "e"),
+    [(3, "layers.0.attn.k_cache", 100), (5, "layers.1.attn.v_cache", 191), (3, "sample", 0),
+     (5, "sample", 0), (0, "embed", 0), (4, "lm_head", 319), (2, "layers.1.attn.scores", 11)],
+)  # fmt: skip
+def test_one_change_at_cache_rows_tokens_and_edges(model, honest, t, name, e) -> None:
+    _check_one_change(model, honest, t, model.program.node_index(name), e)
+
+
+def _check_one_change(model, honest, t: int, n: int, e: int) -> None:
+    p = model.program
+    node = p.nodes[n]
+    size = p.output_size(n, t)
     drill = parse_cheat(f"{t},{node.name},{e}", model)
     executor = Executor(model, backend=backends.make("cpu"), tamper=drill, capture=(n,))
     (gen,) = executor.generate([REQUEST])
