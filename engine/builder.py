@@ -167,6 +167,21 @@ class ProgramBuilder:
         xr = self.map(f"{name}.scale", Fn.MUL, (d,), x, r)
         return self.map(f"{name}.weight", Fn.MUL, (d,), xr, weight)
 
+    def head_rmsnorm(
+        self, name: str, x: Ref, heads: int, head_dim: int, weight: Ref, eps: float
+    ) -> Ref:
+        """rmsnorm of each head of x, viewed as [heads, head_dim], with one [head_dim] gain
+        shared by all heads (Qwen3's q_norm and k_norm): the steps of `rmsnorm`, one per head,
+        with the head as an outer index of every node."""
+        h, hd = heads, head_dim
+        per_elem = x.read(hd, 1)  # (h, k)
+        ss = self.reduce(f"{name}.sumsq", Reducer.SUM, Fn.MUL, (h,), hd, per_elem, per_elem)
+        ms = self.map(f"{name}.mean", Fn.DIV, (h,), ss, const(hd))
+        eps_added = self.map(f"{name}.eps", Fn.ADD, (h,), ms, const(eps))
+        r = self.map(f"{name}.rsqrt", Fn.RSQRT, (h,), eps_added)
+        xr = self.map(f"{name}.scale", Fn.MUL, (h, hd), x.read(hd, 1), r.read(1, 0))
+        return self.map(f"{name}.weight", Fn.MUL, (h, hd), xr, weight.read(0, 1))
+
     def layernorm(self, name: str, x: Ref, weight: Ref, bias: Ref, eps: float) -> Ref:
         """(x - mean) * rsqrt(var + eps) * w + b with var = sum((x - mean)^2) / D."""
         (d,) = x.shape

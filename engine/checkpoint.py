@@ -8,13 +8,15 @@ float32 (docs/spec.md §3). A tokenizer.json, when present, is loaded with `toke
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import safetensors
 
 from refute.engine.model import Model
-from refute.engine.models import GPT2Config, LlamaConfig, build_gpt2, build_llama
+from refute.engine.models import ROPE_TYPES, GPT2Config, LlamaConfig, build_gpt2, build_llama
 from refute.errors import ModelLoadError
 from refute.kernels import reference as ref
 
@@ -87,11 +89,15 @@ def random_weights(config: LlamaConfig | GPT2Config, seed: int) -> dict[str, np.
 
 
 def build(
-    name: str, config: LlamaConfig | GPT2Config, weights: dict[str, np.ndarray], tokenizer=None
+    name: str,
+    config: LlamaConfig | GPT2Config,
+    weights: Mapping[str, np.ndarray],
+    tokenizer=None,
+    context_note: str = "",
 ) -> Model:
     builder = build_llama if isinstance(config, LlamaConfig) else build_gpt2
     program, values = builder(config, weights)
-    return Model(name, config, program, values, tokenizer)
+    return Model(name, config, program, values, tokenizer, context_note=context_note)
 
 
 def builtin_model(name: str, seed: int = 0) -> Model:
@@ -101,9 +107,12 @@ def builtin_model(name: str, seed: int = 0) -> Model:
     return build(name if seed == 0 else f"{name}@{seed}", config, random_weights(config, seed))
 
 
-def load_model(name_or_path: str | Path, seed: int = 0) -> Model:
-    """A built-in tiny model by name, or a Hugging Face checkpoint directory."""
+def load_model(name_or_path: str | Path, seed: int = 0, context: int | None = None) -> Model:
+    """A built-in tiny model by name, or a Hugging Face checkpoint directory built for `context`
+    positions (see `load_checkpoint`)."""
     if str(name_or_path) in BUILTIN:
+        if context is not None:
+            raise ModelLoadError("a built-in model has a fixed context; do not pass one")
         return builtin_model(str(name_or_path), seed)
     path = Path(name_or_path)
     if not path.is_dir():
@@ -111,56 +120,267 @@ def load_model(name_or_path: str | Path, seed: int = 0) -> Model:
             f"{name_or_path!r} is neither a built-in model ({', '.join(sorted(BUILTIN))}) nor a "
             "checkpoint directory"
         )
-    return load_checkpoint(path)
+    return load_checkpoint(path, context)
 
 
-def config_from_hf(hf: dict) -> LlamaConfig | GPT2Config:
-    kind = hf.get("model_type")
+# --- config.json -> a program config ----------------------------------------------------------
+
+DEFAULT_CONTEXT = 4096
+"""Positions a checkpoint's program is built for when no context is given (or fewer, where the
+checkpoint allows fewer). The program's max_positions is committed (program header, config) and
+bounds every claim on chain, and the RoPE tables are that many rows: a checkpoint declaring 1M
+positions must not cost 1M rows unless they are asked for."""
+
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED = (*LLAMA_FAMILY, "gpt2")
+
+
+def _read_json(file: Path) -> dict:
+    """A JSON object from `file`; a broken file is a ModelLoadError naming it and the error."""
     try:
-        if kind in ("llama", "mistral"):
-            heads = hf["num_attention_heads"]
-            return LlamaConfig(
-                vocab_size=hf["vocab_size"],
-                hidden_size=hf["hidden_size"],
-                intermediate_size=hf["intermediate_size"],
-                num_layers=hf["num_hidden_layers"],
-                num_heads=heads,
-                num_kv_heads=hf.get("num_key_value_heads") or heads,
-                head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-                # sliding-window attention equals full attention up to the window: run that far
-                max_positions=min(
-                    hf["max_position_embeddings"],
-                    hf.get("sliding_window") or hf["max_position_embeddings"],
-                ),
-                rms_eps=hf.get("rms_norm_eps", 1e-6),
-                rope_theta=hf.get("rope_theta")
-                or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{file} is not valid JSON: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {file}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{file} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+# RoPE parameters refute knows (transformers' RopeParameters); anything else is refused.
+_ROPE_KEYS = {
+    "rope_type", "type", "rope_theta", "partial_rotary_factor", "factor",
+    "original_max_position_embeddings", "low_freq_factor", "high_freq_factor",
+    "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate",
+    "short_factor", "long_factor",
+}  # fmt: skip
+
+
+def _get(params: dict, key: str, kind: str):
+    if params.get(key) is None:
+        raise ModelLoadError(f"RoPE scaling {kind!r} needs {key!r} in config.json")
+    return params[key]
+
+
+def rope_config(hf: dict, head_dim: int, max_positions: int) -> dict:
+    """LlamaConfig's RoPE fields from either spelling of config.json: transformers 5's
+    `rope_parameters` dict, or the older top-level `rope_theta` with a `rope_scaling` dict
+    (which transformers prefers when both are present). Derived values (yarn's and longrope's
+    attention factor, a factor left out) are resolved here as transformers resolves them, so the
+    committed config holds every number the tables are computed from."""
+    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise ModelLoadError("config.json's rope_parameters / rope_scaling must be an object")
+    if any(isinstance(v, dict) for v in params.values()):
+        raise ModelLoadError("per-layer-type RoPE parameters are not supported")
+    unknown = sorted(set(params) - _ROPE_KEYS)
+    if unknown:
+        raise ModelLoadError(f"config.json sets RoPE parameters refute does not know: {unknown}")
+    kind = params.get("rope_type") or params.get("type") or "default"
+    theta = params.get("rope_theta") or hf.get("rope_theta") or 10000.0
+    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor")) or 1.0
+    if partial != 1.0:
+        raise ModelLoadError(
+            f"config.json sets partial_rotary_factor={partial!r}, which refute does not "
+            "implement (supported: 1.0)"
+        )
+    out: dict = {"rope_theta": float(theta), "rope_type": kind}
+    original = (
+        hf.get("original_max_position_embeddings")
+        or params.get("original_max_position_embeddings")
+        or max_positions
+    )
+    scaling: dict = {}
+    if kind == "default":
+        pass
+    elif kind in ("linear", "dynamic"):
+        scaling["factor"] = float(_get(params, "factor", kind))
+    elif kind == "llama3":
+        for key in ("factor", "low_freq_factor", "high_freq_factor"):
+            scaling[key] = float(_get(params, key, kind))
+        scaling["original_max_position_embeddings"] = int(original)
+    elif kind == "yarn":
+        factor = params.get("factor") or max_positions / original
+        attention = params.get("attention_factor")
+        if attention is None:
+            mscale, mscale_all = params.get("mscale"), params.get("mscale_all_dim")
+
+            def get_mscale(scale: float, m: float = 1.0) -> float:
+                return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+            if mscale and mscale_all:
+                attention = get_mscale(factor, mscale) / get_mscale(factor, mscale_all)
+            else:
+                attention = get_mscale(factor)
+        scaling |= {
+            "factor": float(factor),
+            "attention_factor": float(attention),
+            "beta_fast": float(params.get("beta_fast") or 32),
+            "beta_slow": float(params.get("beta_slow") or 1),
+            "truncate": bool(params.get("truncate", True)),
+            "original_max_position_embeddings": int(original),
+        }
+    elif kind == "longrope":
+        short = _get(params, "short_factor", kind)
+        _get(params, "long_factor", kind)
+        if not isinstance(short, list) or len(short) != head_dim // 2:
+            raise ModelLoadError(
+                f"RoPE scaling 'longrope' needs short_factor of {head_dim // 2} numbers"
             )
+        factor = params.get("factor") or max_positions / original
+        attention = params.get("attention_factor")
+        if attention is None:
+            attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+        scaling |= {
+            "attention_factor": float(attention),
+            "short_factor": tuple(float(x) for x in short),
+            "original_max_position_embeddings": int(original),
+        }
+    else:
+        raise ModelLoadError(
+            f"RoPE scaling {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
+        )
+    out["rope_scaling"] = tuple(sorted(scaling.items()))
+    return out
+
+
+def sliding_window(hf: dict) -> int | None:
+    """The attention window of a config, if any layer uses one, as transformers reads it:
+    Mistral's `sliding_window`; Qwen's only with `use_sliding_window`, on the layers that
+    `layer_types` (or `max_window_layers`) mark sliding."""
+    kind = hf.get("model_type")
+    if kind == "mistral":
+        return hf.get("sliding_window")
+    if kind in ("qwen2", "qwen3"):
+        window = hf.get("sliding_window", 4096)
+        if not hf.get("use_sliding_window", False) or window is None:
+            return None
+        layers = hf.get("num_hidden_layers", 0)
+        types = hf.get("layer_types") or [
+            "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
+            for i in range(layers)
+        ]
+        return window if "sliding_attention" in types else None
+    return None
+
+
+def choose_context(
+    declared: int, key: str, context: int | None, caps: tuple[tuple[int, str], ...] = ()
+) -> tuple[int, str]:
+    """The program's max_positions and the reason for it (the executor appends it to its
+    "positions exceed" message): the context asked for, else DEFAULT_CONTEXT, never more than
+    the checkpoint declares (`key`) nor than any of `caps` — (limit, why) pairs of features that
+    refute computes exactly only up to a point (a sliding window, longrope's switch)."""
+    if context is not None:
+        if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+            raise ModelLoadError(f"context must be a positive integer, not {context!r}")
+        if context > declared:
+            raise ModelLoadError(
+                f"context {context} exceeds the checkpoint's {declared} positions "
+                f"({key} in config.json)"
+            )
+        for limit, why in caps:
+            if context > limit:
+                raise ModelLoadError(f"context {context} exceeds {limit} positions: {why}")
+        return context, " (the context it was loaded with)"
+    limit, note = min(declared, DEFAULT_CONTEXT), ""
+    if declared > DEFAULT_CONTEXT:
+        note = (
+            f" (refute's default context; the checkpoint declares {declared}: load it with a "
+            "larger context for more)"
+        )
+    else:
+        note = f" ({key} in config.json)"
+    for cap, why in caps:
+        if cap < limit:
+            limit, note = cap, f" ({why})"
+    return limit, note
+
+
+def _window_cap(window: int) -> tuple[int, str]:
+    return window, (
+        f"the sliding window of {window} positions (sliding_window={window} in config.json): "
+        "refute computes full attention, which equals sliding-window attention only within the "
+        "window"
+    )
+
+
+def _longrope_cap(original: int) -> tuple[int, str]:
+    return original, (
+        f"longrope's original_max_position_embeddings={original}: beyond it transformers "
+        "switches every position to long_factor by the length of the sequence, which a table of "
+        "one row per position cannot express"
+    )
+
+
+def config_from_hf(hf: dict, context: int | None = None) -> tuple[LlamaConfig | GPT2Config, str]:
+    """The program config of a config.json, and the reason for its max_positions. The
+    model_type is checked first, then every option that changes the computation."""
+    kind = hf.get("model_type")
+    if kind not in SUPPORTED:
+        raise ModelLoadError(f"unsupported model_type {kind!r} (supported: {', '.join(SUPPORTED)})")
+    _check_options(hf)
+    try:
         if kind == "gpt2":
+            max_positions, note = choose_context(hf["n_positions"], "n_positions", context)
             return GPT2Config(
                 vocab_size=hf["vocab_size"],
                 hidden_size=hf["n_embd"],
                 num_layers=hf["n_layer"],
                 num_heads=hf["n_head"],
-                max_positions=hf["n_positions"],
+                max_positions=max_positions,
                 intermediate_size=hf.get("n_inner") or 0,
                 ln_eps=hf.get("layer_norm_epsilon", 1e-5),
+            ), note
+        heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or (128 if kind == "qwen3" else hf["hidden_size"] // heads)
+        declared = hf["max_position_embeddings"]
+        rope = rope_config(hf, head_dim, declared)
+        caps = []
+        window = sliding_window(hf)
+        if window is not None:
+            caps.append(_window_cap(window))
+        if rope["rope_type"] == "longrope":
+            caps.append(
+                _longrope_cap(dict(rope["rope_scaling"])["original_max_position_embeddings"])
             )
+        max_positions, note = choose_context(
+            declared, "max_position_embeddings", context, tuple(caps)
+        )
+        attention_bias = kind in ("llama", "qwen3") and bool(hf.get("attention_bias", False))
+        return LlamaConfig(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=head_dim,
+            max_positions=max_positions,
+            rms_eps=hf.get("rms_norm_eps", 1e-6),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=kind == "qwen2" or attention_bias,
+            o_bias=kind != "qwen2" and attention_bias,
+            mlp_bias=kind == "llama" and bool(hf.get("mlp_bias", False)),
+            qk_norm=kind == "qwen3",
+            **rope,
+        ), note
     except KeyError as exc:
         raise ModelLoadError(f"config.json lacks {exc.args[0]!r}") from exc
-    raise ModelLoadError(f"unsupported model_type {kind!r} (supported: llama, mistral, gpt2)")
 
 
 # Options of the Hugging Face configs that change the computation but that the programs of
 # models.py do not implement: a checkpoint using them is refused rather than silently run with
 # the default behaviour (each was measured to change the logits). (key, default, supported values)
+_ACT = ("hidden_act", "silu", ("silu", "swish"))
 _UNSUPPORTED_OPTIONS = {
-    "llama": (
-        ("attention_bias", False, (False,)),
-        ("mlp_bias", False, (False,)),
-        ("hidden_act", "silu", ("silu", "swish")),
-    ),
+    # transformers reads attention_bias only for Llama and Qwen3 and mlp_bias only for Llama
+    # (Qwen2's q, k, v biases are always there); the others ignore such keys, and so does refute
+    "llama": (_ACT,),
+    "mistral": (_ACT,),
+    "qwen2": (_ACT,),
+    "qwen3": (_ACT,),
     "gpt2": (
         ("activation_function", "gelu_new", ("gelu_new", "gelu_pytorch_tanh")),
         ("scale_attn_weights", True, (True,)),
@@ -168,7 +388,6 @@ _UNSUPPORTED_OPTIONS = {
         ("tie_word_embeddings", True, (True,)),
     ),
 }
-_UNSUPPORTED_OPTIONS["mistral"] = _UNSUPPORTED_OPTIONS["llama"]
 
 
 def _check_options(hf: dict) -> None:
@@ -181,15 +400,7 @@ def _check_options(hf: dict) -> None:
             )
 
 
-def _check_rope(hf: dict) -> None:
-    scaling = hf.get("rope_scaling") or {}
-    rope_type = (
-        scaling.get("rope_type")
-        or scaling.get("type")
-        or (hf.get("rope_parameters") or {}).get("rope_type", "default")
-    )
-    if rope_type not in ("default", None):
-        raise ModelLoadError(f"RoPE scaling {rope_type!r} is not supported (default RoPE only)")
+# --- safetensors ------------------------------------------------------------------------------
 
 
 def _to_f32(name: str, info: dict) -> np.ndarray:
@@ -205,34 +416,61 @@ def _to_f32(name: str, info: dict) -> np.ndarray:
     return values.reshape(shape)
 
 
-def read_safetensors(directory: Path) -> dict[str, np.ndarray]:
+class Tensors(Mapping):
+    """A checkpoint's tensors by name, widened to float32 when read: tensors a program does not
+    use (GPT-2's stored attention masks, say) are never converted, whatever their dtype."""
+
+    def __init__(self, infos: dict[str, dict]) -> None:
+        self.infos = infos
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return _to_f32(name, self.infos[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.infos)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+
+def read_safetensors(directory: Path) -> Tensors:
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [directory / s for s in shards]
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"{index} has no weight_map object")
+        files = [directory / s for s in sorted(set(weight_map.values()))]
     else:
         files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"no .safetensors files in {directory}")
-    weights: dict[str, np.ndarray] = {}
+    infos: dict[str, dict] = {}
     for file in files:
         try:
             tensors = safetensors.deserialize(file.read_bytes())
         except (OSError, safetensors.SafetensorError) as exc:
             raise ModelLoadError(f"cannot read {file}: {exc}") from exc
-        for name, info in tensors:
-            weights[name] = _to_f32(name, info)
-    return weights
+        infos.update(tensors)
+    return Tensors(infos)
 
 
-def load_checkpoint(directory: Path) -> Model:
+def _read_tokenizer(file: Path):
+    from tokenizers import Tokenizer
+
+    _read_json(file)  # a JSON error names the file and the position
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as exc:  # tokenizers raises plain Exception for a schema it cannot read
+        raise ModelLoadError(f"{file} is not a tokenizer `tokenizers` can read: {exc}") from exc
+
+
+def load_checkpoint(directory: Path, context: int | None = None) -> Model:
+    """A Hugging Face checkpoint directory as a model whose program runs `context` positions
+    (default: DEFAULT_CONTEXT, or the checkpoint's own limit when that is smaller)."""
     config_file = directory / "config.json"
     if not config_file.exists():
         raise ModelLoadError(f"{directory} has no config.json")
-    hf = json.loads(config_file.read_text())
-    _check_rope(hf)
-    config = config_from_hf(hf)
-    _check_options(hf)
+    config, note = config_from_hf(_read_json(config_file), context)
     weights = read_safetensors(directory)
     if (
         isinstance(config, LlamaConfig)
@@ -242,7 +480,5 @@ def load_checkpoint(directory: Path) -> Model:
         raise ModelLoadError("checkpoint has no lm_head.weight and does not tie embeddings")
     tokenizer = None
     if (directory / "tokenizer.json").exists():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-    return build(str(directory), config, weights, tokenizer)
+        tokenizer = _read_tokenizer(directory / "tokenizer.json")
+    return build(str(directory), config, weights, tokenizer, context_note=note)

@@ -34,6 +34,7 @@ class Model:
     program: Program
     weights: list[np.ndarray]
     tokenizer: Any = None  # a `tokenizers.Tokenizer` when the checkpoint ships one
+    context_note: str = ""  # why max_positions is what it is (named when a request exceeds it)
     _tensor_roots: list[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -8,7 +8,10 @@ the weights or as bit patterns in the program.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +34,14 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
     architecture: str = "llama"
+    # added with the Qwen families and RoPE scaling; committed only when not at their default
+    # (config_dict), so the configs of models built before them hash as they did
+    qkv_bias: bool = False  # q, k and v projections carry biases (Qwen2; Llama attention_bias)
+    o_bias: bool = False  # the output projection carries a bias (Llama attention_bias)
+    mlp_bias: bool = False  # gate, up and down projections carry biases (Llama mlp_bias)
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
+    rope_type: str = "default"  # default, linear, dynamic, llama3, yarn, longrope
+    rope_scaling: tuple[tuple[str, Any], ...] = ()  # the resolved parameters of rope_type
 
 
 @dataclass(frozen=True)
@@ -56,24 +67,90 @@ class GPT2Config:
 Config = LlamaConfig | GPT2Config
 
 
+_ADDED_FIELDS = ("qkv_bias", "o_bias", "mlp_bias", "qk_norm", "rope_type", "rope_scaling")
+
+
 def config_dict(config: Config) -> dict:
-    return asdict(config)
+    """The committed form of a config (the model root hashes its canonical JSON). Fields added
+    after the first version appear only when they differ from their default, so a model that
+    does not use them keeps the root it had before they existed."""
+    out = asdict(config)
+    for f in fields(config):
+        if f.name in _ADDED_FIELDS and out[f.name] == f.default:
+            del out[f.name]
+    return out
+
+
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+
+
+def rope_inv_freq(config: LlamaConfig) -> tuple[np.ndarray, float]:
+    """The inverse frequencies [head_dim / 2] (float64) and the attention factor that multiplies
+    cos and sin, for each RoPE type as Hugging Face's `modeling_rope_utils` defines it, from the
+    parameters resolved at load (engine.checkpoint). `dynamic` is the default RoPE: it rescales
+    only beyond the checkpoint's max_position_embeddings, which a program never reaches."""
+    hd, base = config.head_dim, float(config.rope_theta)
+    p = dict(config.rope_scaling)
+    exponents = np.arange(0, hd, 2, dtype=np.float64) / hd
+    pos_freqs = base**exponents
+    inv_freq = 1.0 / pos_freqs
+    kind = config.rope_type
+    if kind in ("default", "dynamic"):
+        return inv_freq, 1.0
+    if kind == "linear":
+        return inv_freq / p["factor"], 1.0
+    if kind == "llama3":
+        factor, old = p["factor"], p["original_max_position_embeddings"]
+        low_wavelen = old / p["low_freq_factor"]
+        high_wavelen = old / p["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - p["low_freq_factor"]) / (
+            p["high_freq_factor"] - p["low_freq_factor"]
+        )
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        factor, old = p["factor"], p["original_max_position_embeddings"]
+
+        def correction_dim(rotations: float) -> float:
+            return (hd * math.log(old / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+        low, high = correction_dim(p["beta_fast"]), correction_dim(p["beta_slow"])
+        if p["truncate"]:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, hd - 1)
+        if low == high:
+            high += 0.001  # as transformers: no division by zero
+        ramp = np.clip((np.arange(hd // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+        extrapolation = 1 - ramp
+        interpolated = 1.0 / (factor * pos_freqs)
+        blended = interpolated * (1 - extrapolation) + inv_freq * extrapolation
+        return blended, p["attention_factor"]
+    if kind == "longrope":
+        short = np.asarray(p["short_factor"], dtype=np.float64)
+        return 1.0 / (short * pos_freqs), p["attention_factor"]
+    raise ModelLoadError(
+        f"RoPE type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
+    )
 
 
 def rope_tables(config: LlamaConfig) -> tuple[np.ndarray, np.ndarray]:
-    """cos and signed sin tables [max_positions, head_dim], as HF's default RoPE defines them:
-    angle(t, i) = t * theta^(-2i/head_dim), each half of a head sharing the same angles. The sin
-    table carries rotate_half's sign (-sin on the first half). Computed in float64, rounded once."""
-    hd = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    """cos and signed sin tables [max_positions, head_dim]: angle(t, i) = t * inv_freq[i], each
+    half of a head sharing the same angles, both tables times the RoPE type's attention factor.
+    The sin table carries rotate_half's sign (-sin on the first half). Every step is float64
+    (numpy), each entry rounded once to binary32 at the end; sized by the program's
+    max_positions (the context it was built for), not by the checkpoint's."""
+    inv_freq, factor = rope_inv_freq(config)
     angles = np.outer(np.arange(config.max_positions, dtype=np.float64), inv_freq)
-    cos = np.cos(np.concatenate([angles, angles], axis=1)).astype(np.float32)
-    sin = np.sin(angles)
+    cos = (np.cos(np.concatenate([angles, angles], axis=1)) * factor).astype(np.float32)
+    sin = np.sin(angles) * factor
     sin_signed = np.concatenate([-sin, sin], axis=1).astype(np.float32)
     return cos, sin_signed
 
 
-def _need(weights: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _need(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in weights:
         raise ModelLoadError(f"checkpoint has no tensor {name!r}")
     w = weights[name]
@@ -83,7 +160,7 @@ def _need(weights: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> 
 
 
 def build_llama(
-    config: LlamaConfig, weights: dict[str, np.ndarray]
+    config: LlamaConfig, weights: Mapping[str, np.ndarray]
 ) -> tuple[Program, list[np.ndarray]]:
     c = config
     d, hd, h, g, f = c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.intermediate_size
@@ -109,6 +186,22 @@ def build_llama(
             "mlp.up_proj.weight": (f, d),
             "mlp.down_proj.weight": (d, f),
         }
+        if c.qkv_bias:
+            shapes |= {
+                "self_attn.q_proj.bias": (h * hd,),
+                "self_attn.k_proj.bias": (g * hd,),
+                "self_attn.v_proj.bias": (g * hd,),
+            }
+        if c.o_bias:
+            shapes["self_attn.o_proj.bias"] = (d,)
+        if c.mlp_bias:
+            shapes |= {
+                "mlp.gate_proj.bias": (f,),
+                "mlp.up_proj.bias": (f,),
+                "mlp.down_proj.bias": (d,),
+            }
+        if c.qk_norm:
+            shapes |= {"self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,)}
         layer_weights.append(
             {k: b.weight(p + k, _need(weights, p + k, s)) for k, s in shapes.items()}
         )
@@ -122,22 +215,33 @@ def build_llama(
     for i, w in enumerate(layer_weights):
         b.layer = i
         hn = b.rmsnorm("input_norm", x, w["input_layernorm.weight"], c.rms_eps)
-        q = b.linear("attn.q", hn, w["self_attn.q_proj.weight"])
-        k = b.linear("attn.k", hn, w["self_attn.k_proj.weight"])
-        v = b.linear("attn.v", hn, w["self_attn.v_proj.weight"])
+        q = b.linear(
+            "attn.q", hn, w["self_attn.q_proj.weight"], bias=w.get("self_attn.q_proj.bias")
+        )
+        k = b.linear(
+            "attn.k", hn, w["self_attn.k_proj.weight"], bias=w.get("self_attn.k_proj.bias")
+        )
+        v = b.linear(
+            "attn.v", hn, w["self_attn.v_proj.weight"], bias=w.get("self_attn.v_proj.bias")
+        )
+        if c.qk_norm:
+            q = b.head_rmsnorm("attn.q_norm", q, h, hd, w["self_attn.q_norm.weight"], c.rms_eps)
+            k = b.head_rmsnorm("attn.k_norm", k, g, hd, w["self_attn.k_norm.weight"], c.rms_eps)
         qr = b.rope("attn.q_rope", q, h, hd, cos_t, sin_t)
         kr = b.rope("attn.k_rope", k, g, hd, cos_t, sin_t)
         k_cache = b.cache("attn.k_cache", kr, g, hd)
         v_cache = b.cache("attn.v_cache", v, g, hd)
         o = b.attention("attn", qr, k_cache, v_cache, h, g, hd, float(hd) ** -0.5, Fn.MUL)
-        o = b.linear("attn.o", o, w["self_attn.o_proj.weight"])
+        o = b.linear("attn.o", o, w["self_attn.o_proj.weight"], bias=w.get("self_attn.o_proj.bias"))
         x = b.map("attn.residual", Fn.ADD, (d,), x, o)
         hn = b.rmsnorm("post_norm", x, w["post_attention_layernorm.weight"], c.rms_eps)
-        gate = b.linear("mlp.gate", hn, w["mlp.gate_proj.weight"])
-        up = b.linear("mlp.up", hn, w["mlp.up_proj.weight"])
+        gate = b.linear("mlp.gate", hn, w["mlp.gate_proj.weight"], bias=w.get("mlp.gate_proj.bias"))
+        up = b.linear("mlp.up", hn, w["mlp.up_proj.weight"], bias=w.get("mlp.up_proj.bias"))
         act = b.map("mlp.silu", Fn.SILU, (f,), gate)
         prod = b.map("mlp.gated", Fn.MUL, (f,), act, up)
-        down = b.linear("mlp.down", prod, w["mlp.down_proj.weight"])
+        down = b.linear(
+            "mlp.down", prod, w["mlp.down_proj.weight"], bias=w.get("mlp.down_proj.bias")
+        )
         x = b.map("mlp.residual", Fn.ADD, (d,), x, down)
     b.layer = -1
     hn = b.rmsnorm("final_norm", x, norm, c.rms_eps)
@@ -145,18 +249,58 @@ def build_llama(
     return b.build(logits, b.sample("sample", logits))
 
 
+def _gpt2_names(weights: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """GPT-2 checkpoints name tensors `transformer.h.0...` (GPT2LMHeadModel) or `h.0...` (the
+    original OpenAI checkpoints, GPT2Model): read either, commit the prefixed names, so both
+    spellings of one checkpoint have one model root."""
+    if "transformer.wte.weight" in weights or "wte.weight" not in weights:
+        return weights
+    return _Prefixed(weights, "transformer.")
+
+
+class _Prefixed(Mapping):
+    """`weights` seen with `prefix` added to every name (no copy)."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], prefix: str) -> None:
+        self.weights, self.prefix = weights, prefix
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if not name.startswith(self.prefix):
+            raise KeyError(name)
+        return self.weights[name[len(self.prefix) :]]
+
+    def __iter__(self) -> Iterator[str]:
+        return (self.prefix + name for name in self.weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+def _need_rows(weights: Mapping[str, np.ndarray], name: str, rows: int, width: int) -> np.ndarray:
+    """The first `rows` rows of a [N >= rows, width] table (GPT-2's positions: a program built
+    for a shorter context than the checkpoint's commits only the rows it can read)."""
+    if name not in weights:
+        raise ModelLoadError(f"checkpoint has no tensor {name!r}")
+    w = weights[name]
+    if w.ndim != 2 or w.shape[1] != width or w.shape[0] < rows:
+        raise ModelLoadError(
+            f"tensor {name!r} has shape {tuple(w.shape)}, expected ({rows} or more, {width})"
+        )
+    return w[:rows]
+
+
 def build_gpt2(
-    config: GPT2Config, weights: dict[str, np.ndarray]
+    config: GPT2Config, weights: Mapping[str, np.ndarray]
 ) -> tuple[Program, list[np.ndarray]]:
     c = config
     d, hd, h, f = c.hidden_size, c.head_dim, c.num_heads, c.inner
     b = ProgramBuilder(c.max_positions, c.vocab_size)
+    weights = _gpt2_names(weights)
     wte = b.weight(
         "transformer.wte.weight", _need(weights, "transformer.wte.weight", (c.vocab_size, d))
     )
-    wpe = b.weight(
-        "transformer.wpe.weight", _need(weights, "transformer.wpe.weight", (c.max_positions, d))
-    )
+    wpe_table = _need_rows(weights, "transformer.wpe.weight", c.max_positions, d)
+    wpe = b.weight("transformer.wpe.weight", wpe_table)
     layer_weights = []
     for i in range(c.num_layers):
         p = f"transformer.h.{i}."

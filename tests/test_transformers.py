@@ -355,8 +355,6 @@ def test_missing_tensor(checkpoints, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("family", "key", "value"),
     [
-        ("llama", "attention_bias", True),
-        ("llama", "mlp_bias", True),
         ("llama", "hidden_act", "gelu"),
         ("gpt2", "activation_function", "gelu"),
         ("gpt2", "scale_attn_weights", False),
