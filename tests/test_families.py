@@ -577,3 +577,49 @@ def test_backends_give_the_reference_trace_root(name: str, tmp_path: Path) -> No
         if backend == "triton":  # the three model norms and the attention fused, nothing else
             kinds = sorted(f.kind for f in runner.fused(model.program).values())
             assert kinds == ["attention", "rmsnorm", "rmsnorm", "rmsnorm"]
+
+
+# --- the new nodes, one step on chain -----------------------------------------------------------
+
+
+def test_new_nodes_verify_on_chain(embedded_web3, tmp_path: Path) -> None:
+    """Steps of nodes only these families have — q, k, v and o bias adds, every node of Qwen3's
+    per-head q/k RMSNorm (sum of squares leaves and tree nodes of head 1, mean, eps, rsqrt,
+    scale, gain) — on a real trace of a Qwen3 checkpoint with biases (bf16): the contract
+    computes the engine's value, accepts it, and rejects it with one bit flipped."""
+    from refute.contracts.onestep import KIND_ELEMENT, OneStepClient, StepProver
+
+    case = next(c for c in CASES if c.name == "qwen3-hd12-bias-tied-bf16")
+    build_hf(
+        Case("q", case.family, dict(case.kwargs, num_hidden_layers=1), case.dtype, 2)
+    ).save_pretrained(tmp_path)
+    model = load_model(tmp_path)
+    ex = Executor(model)
+    gen = ex.generate([Request(prompt=(5, 17, 250), max_new_tokens=3, temperature=0.7, seed=3)])[0]
+    prover = StepProver(model, ex, gen)
+    client = OneStepClient(w3=embedded_web3)
+    ids = {n.name: i for i, n in enumerate(model.program.nodes)}
+    t, hd = 3, 12
+    calls = [
+        prover.step(t, ids["layers.0.attn.q.bias"], 29),
+        prover.step(t, ids["layers.0.attn.k.bias"], 23),
+        prover.step(2, ids["layers.0.attn.v.bias"], 5),
+        prover.step(t, ids["layers.0.attn.o.bias"], 79),
+        prover.step(t, ids["layers.0.attn.q_norm.sumsq"], 1, leaf=7),
+        prover.step(t, ids["layers.0.attn.q_norm.sumsq"], 1, leaf=14),  # padding of 12 -> 16
+        prover.step(t, ids["layers.0.attn.q_norm.sumsq"], 1, level=2, index=2),
+        prover.step(t, ids["layers.0.attn.k_norm.sumsq"], 1, level=4, index=0),  # the root
+        prover.step(t, ids["layers.0.attn.q_norm.mean"], 4),
+        prover.step(t, ids["layers.0.attn.k_norm.eps"], 0),
+        prover.step(t, ids["layers.0.attn.q_norm.rsqrt"], 5),
+        prover.step(t, ids["layers.0.attn.q_norm.scale"], 1 * hd + 7),
+        prover.step(t, ids["layers.0.attn.k_norm.weight"], 1 * hd + 11),
+    ]
+    for call in calls:
+        node = model.program.nodes[call.node]
+        out = prover.outputs(call.position)[call.node]
+        if call.kind == KIND_ELEMENT or call.level == 4:  # the output itself
+            assert call.value == int(np.asarray(out, np.float32).view(np.uint32)[call.element])
+        assert client.compute(call) == (call.value, call.index), node.name
+        assert client.verify(call), node.name
+        assert not client.verify(call, value=call.value ^ 1), node.name
