@@ -99,6 +99,9 @@ class Executor:
         self.capture = capture
         self.tamper = tamper
         self._flat_weights = [w.reshape(-1) for w in model.weights]
+        self._cache_nodes = frozenset(
+            i for i, node in enumerate(self.program.nodes) if node.op == Op.CACHE_APPEND
+        )
         self.seconds = {"evaluate": 0.0, "commit": 0.0}  # accumulated wall time, for reports
 
     # --- public ------------------------------------------------------------------------------
@@ -170,7 +173,9 @@ class Executor:
         for (gen, t), outs, row_roots in zip(rows, outputs, roots, strict=True):
             if t != gen.trace.positions:
                 raise ExecutionError("positions of a sequence must run in order")
+            start = time.perf_counter()  # the records' leaves and the trace tree: commitment
             gen.trace.add_position(row_roots if self.record else [merkle.EMPTY] * len(outs))
+            self.seconds["commit"] += time.perf_counter() - start
             for node_id in self.capture:
                 gen.captured.setdefault(node_id, []).append(outs[node_id].copy())
             if t >= len(gen.request.prompt) - 1 and not gen.done:
@@ -187,6 +192,8 @@ class Executor:
         outs: list[list[np.ndarray]] = [[None] * n for _ in rows]  # type: ignore[list-item]
         roots: list[list[bytes]] = [[merkle.EMPTY] * n for _ in rows]
         groups = self.backend.groups(program) if hasattr(self.backend, "groups") else None
+        pending: list[tuple[int, int, np.ndarray]] = []  # (row, node, output) to commit
+        cache_nodes, n_rows = self._cache_nodes, len(rows)
         for group in groups or [(i,) for i in range(n)]:
             start = time.perf_counter()
             if len(group) == 1:
@@ -203,10 +210,22 @@ class Executor:
                 ])  # fmt: skip
             middle = time.perf_counter()
             for node_id, results in zip(group, per_node, strict=True):
-                self._store(node_id, rows, results, outs, roots, record)
+                if self.tamper is None and node_id not in cache_nodes and len(results) == n_rows:
+                    for i, result in enumerate(results):  # _store's common case, inlined
+                        outs[i][node_id] = result
+                        if record:
+                            pending.append((i, node_id, result))
+                else:
+                    self._store(node_id, rows, results, outs, roots, record, pending)
             end = time.perf_counter()
             self.seconds["evaluate"] += middle - start
             self.seconds["commit"] += end - middle
+        if pending:  # every output of this step committed together (merkle.tensor_roots)
+            start = time.perf_counter()
+            done = merkle.tensor_roots([result for _, _, result in pending])
+            for (i, node_id, _), root in zip(pending, done, strict=True):
+                roots[i][node_id] = root
+            self.seconds["commit"] += time.perf_counter() - start
         return outs, roots
 
     def _store(
@@ -217,8 +236,10 @@ class Executor:
         outs: list[list[np.ndarray]],
         roots: list[list[bytes]],
         record: bool,
+        pending: list[tuple[int, int, np.ndarray]],
     ) -> None:
-        """Keep each row's output of a node (appending to its cache), committing to it."""
+        """Keep each row's output of a node (appending to its cache, whose root is incremental);
+        other outputs join `pending`, committed together at the end of the step."""
         node = self.program.nodes[node_id]
         for i, ((gen, t), result) in enumerate(zip(rows, results, strict=True)):
             if self.tamper is not None:
@@ -233,7 +254,7 @@ class Executor:
                 continue
             outs[i][node_id] = result
             if record:
-                roots[i][node_id] = merkle.tensor_root(result)
+                pending.append((i, node_id, result))
 
     def _row_inputs(self, node, gen: Generation, t: int, outs: list[np.ndarray]) -> Row:
         sources = []

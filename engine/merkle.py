@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ def depth_for(count: int) -> int:
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
-    return sha256(TAG_NODE, left, right)
+    return hashlib.sha256(TAG_NODE + left + right).digest()
 
 
 def tree_root(leaves: list[bytes]) -> bytes:
@@ -146,6 +147,7 @@ def encode(values: np.ndarray) -> tuple[int, memoryview]:
 
 _PARALLEL_BYTES = 8 << 20  # tensors above this hash their chunks on several threads
 _POOL: ThreadPoolExecutor | None = None
+_WORKERS = os.cpu_count() or 1  # asked once: os.cpu_count() costs ~6 µs a call
 
 
 def _leaf(piece: memoryview | bytes) -> bytes:
@@ -175,7 +177,7 @@ def chunk_leaves(data: bytes | memoryview) -> list[bytes]:
     global _POOL
     view = memoryview(data)
     n = len(view)
-    workers = os.cpu_count() or 1
+    workers = _WORKERS
     if n < _PARALLEL_BYTES or workers == 1:
         return _leaves_serial(view, 0, n)
     if _POOL is None:
@@ -186,7 +188,7 @@ def chunk_leaves(data: bytes | memoryview) -> list[bytes]:
 
 
 def bind_tensor(dtype: int, length: int, tree: bytes) -> bytes:
-    return sha256(TAG_TENSOR, bytes([dtype]), length.to_bytes(8, "big"), tree)
+    return hashlib.sha256(TAG_TENSOR + bytes([dtype]) + length.to_bytes(8, "big") + tree).digest()
 
 
 def tensor_root(values: np.ndarray) -> bytes:
@@ -194,6 +196,59 @@ def tensor_root(values: np.ndarray) -> bytes:
     dtype, data = encode(values)
     tree = _leaf(data) if 0 < len(data) <= CHUNK_BYTES else tree_root(chunk_leaves(data))
     return bind_tensor(dtype, len(data) // 4, tree)
+
+
+_CHUNK_VALUES = CHUNK_BYTES // 4
+_PARALLEL_VALUES = _PARALLEL_BYTES // 4
+_F32 = np.dtype(np.float32)
+_ZERO_CHUNK = np.zeros(_CHUNK_VALUES, dtype=np.float32)  # +0.0: all-zero bits, the padding
+_BIND_PREFIX: dict[int, bytes] = {}  # element count -> 0x02 || float32 || count
+
+
+def tensor_roots(tensors: Sequence[np.ndarray]) -> list[bytes]:
+    """`tensor_root` of each tensor, computed together: what the executor commits per step.
+
+    Hundreds of small node outputs a position make per-call overhead, not hashing, the cost.
+    So the float32 tensors are copied once into one buffer in which each starts on a chunk
+    boundary and its last chunk is padded with zero bits (the chunks of the definition, laid
+    end to end), NaNs are made canonical in one pass, and every chunk's leaf is hashed in one
+    loop. Other dtypes and very large tensors (weights) go through `tensor_root`."""
+    roots: list[bytes] = [EMPTY] * len(tensors)
+    pieces: list[np.ndarray] = []
+    spans: list[tuple[int, int, int]] = []  # (index, elements, chunks)
+    per, zero, f32 = _CHUNK_VALUES, _ZERO_CHUNK, _F32
+    for i, a in enumerate(tensors):
+        dt = getattr(a, "dtype", None)
+        if (dt is not f32 and dt != f32) or a.size >= _PARALLEL_VALUES:
+            roots[i] = tensor_root(a)
+            continue
+        n = a.size
+        c = -(-n // per)
+        pieces.append(a.reshape(-1) if a.ndim != 1 else a)
+        if c * per != n:
+            pieces.append(zero[: c * per - n])
+        spans.append((i, n, c))
+    if not spans:
+        return roots
+    buf = np.concatenate(pieces)  # a copy: canonicalising NaNs must not touch the outputs
+    nan = np.isnan(buf)
+    if nan.any():
+        buf.view(np.uint32)[nan] = CANONICAL_NAN_BITS
+    view = memoryview(buf).cast("B")
+    sha = hashlib.sha256
+    leaves = [
+        sha(TAG_LEAF + view[o : o + CHUNK_BYTES]).digest() for o in range(0, len(view), CHUNK_BYTES)
+    ]
+    prefixes = _BIND_PREFIX
+    c0 = 0
+    for i, n, c in spans:
+        tree = leaves[c0] if c == 1 else tree_root(leaves[c0 : c0 + c])
+        c0 += c
+        prefix = prefixes.get(n)
+        if prefix is None:
+            prefix = prefixes[n] = TAG_TENSOR + bytes([DTYPE_F32]) + n.to_bytes(8, "big")
+        roots[i] = sha(prefix + tree).digest()
+    return roots
 
 
 @dataclass(frozen=True)
@@ -265,6 +320,25 @@ class IncrementalTree:
             self.frontier.append(None)
         self.frontier[h] = node
         self.count += 1
+
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        """`append` each leaf, a level at a time: every new node is hashed once, in one loop per
+        level (a position's records go in together)."""
+        start = self.count
+        self.count += len(leaves)
+        level, h = list(leaves), 0
+        sha = hashlib.sha256
+        while level:
+            if h == len(self.frontier):
+                self.frontier.append(None)
+            if (start >> h) & 1:  # the pending left sibling of the first new node
+                level.insert(0, self.frontier[h])
+            self.frontier[h] = level.pop() if len(level) % 2 else None
+            level = [
+                sha(TAG_NODE + a + b).digest()
+                for a, b in zip(level[0::2], level[1::2], strict=True)
+            ]
+            h += 1
 
     def root(self, extra: bytes | None = None) -> bytes:
         """Root of the leaves so far, plus `extra` as one more (not stored) leaf if given."""

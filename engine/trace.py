@@ -8,6 +8,7 @@ agree on. trace root = list_root(record leaves), grown incrementally as position
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,19 @@ TAG_RECORD = b"\x20"
 def record_leaf(position: int, node_id: int, root: bytes) -> bytes:
     """sha256(0x20 || position (8 bytes) || node id (4 bytes) || output root), big-endian."""
     return merkle.sha256(TAG_RECORD, position.to_bytes(8, "big"), node_id.to_bytes(4, "big"), root)
+
+
+_NODE_IDS: list[bytes] = []  # node id -> its 4 big-endian bytes
+
+
+def record_leaves(position: int, roots: list[bytes]) -> list[bytes]:
+    """`record_leaf(position, n, roots[n])` for every node n, in one loop."""
+    while len(_NODE_IDS) < len(roots):
+        _NODE_IDS.append(len(_NODE_IDS).to_bytes(4, "big"))
+    prefix = TAG_RECORD + position.to_bytes(8, "big")
+    sha = hashlib.sha256
+    ids = _NODE_IDS[: len(roots)]
+    return [sha(prefix + node + root).digest() for node, root in zip(ids, roots, strict=True)]
 
 
 def prompt_root(tokens: list[int]) -> bytes:
@@ -40,8 +54,7 @@ class Trace:
             raise CommitmentError(f"{len(roots)} roots for {self.nodes_per_position} nodes")
         position = len(self.roots)
         self.roots.append(list(roots))
-        for node_id, root in enumerate(roots):
-            self._tree.append(record_leaf(position, node_id, root))
+        self._tree.extend(record_leaves(position, roots))
 
     @property
     def num_records(self) -> int:
