@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from refute.bisection.follower import ChainFollower
 from refute.bisection.store import Store
+from refute.bisection.transactions import TrackedGame, TransactionUnknown
+from refute.bisection.workers import URGENT, ModelWorker
 from refute.contracts.game import (
     CHALLENGE,
     CLAIM,
@@ -182,28 +185,50 @@ def describe(model: Model, d: Any) -> dict[str, Any]:
 
 
 class Player:
-    """Base of the clients: plays side `SIDE` of its disputes from chain state alone."""
+    """Base of the clients: plays side `SIDE` of its disputes from chain state alone.
+
+    Every poll starts with `reconcile()`: intents closed from the chain, a reset chain refused,
+    a reorg undone, and what this client did (its claims, its disputes) rebuilt from events, so
+    nothing depends on a local write having happened after a transaction. Model work goes to
+    `worker` (a `ModelWorker`; by default one that runs each job at once, in the caller)."""
 
     SIDE = CLAIM
+    ROLE = "player"
 
     def __init__(
         self, game: GameClient, model: Model, directory: Any, account: str,
-        executor: Executor | None = None, consistent_lies: bool = False,
+        executor: Executor | None = None, consistent_lies: bool = False, *,
+        worker: ModelWorker | None = None, confirmations: int = 0,
     ) -> None:  # fmt: skip
-        self.game = game
         self.model = model
         self.executor = executor if executor is not None else Executor(model)
         self.account = account
         self.consistent_lies = consistent_lies
         self.store = Store(directory, {"account": account, "claims": {}, "disputes": {},
-                                       "moves": [], "cursor": 0})  # fmt: skip
+                                       "moves": [], "cursor": 0, "cursors": {},
+                                       "heads": []})  # fmt: skip
+        self.game = TrackedGame.of(game, self.store, self.ROLE)
+        if "first_block" not in self.store.data:  # what it did before it existed is not its
+            self.store["first_block"] = int(game.w3.eth.block_number)
+            self.store.save()
+        self.follower = ChainFollower(game.w3, game.game.address, self.store, confirmations)
+        self.worker = worker if worker is not None else ModelWorker(threads=0)
+        self.notes: list[tuple[str, dict[str, Any]]] = []  # what the service should log
         self._sides: dict[int, Side] = {}
 
     # --- to implement -----------------------------------------------------------------------
 
-    def side_for(self, claim_id: int) -> Side:
-        """This client's generation for a claim (its own, or its re-execution)."""
+    def _rebuild(self, claim_id: int) -> Generation:
+        """This client's generation for a claim (its own, or its re-execution), recomputed from
+        what the store and the chain say (model work: runs on the worker)."""
         raise NotImplementedError
+
+    def _from_events(self, head: int) -> None:
+        """Adopt from events up to `head` what this client did on chain but may not have
+        written down (a crash between a receipt and the write)."""
+
+    def _undo_after(self, fork: int) -> None:
+        """Forget what a reorg from block `fork` undid (it is re-read and, if due, re-sent)."""
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -215,6 +240,28 @@ class Player:
         side = Side(self.model, self.executor, gen, self.consistent_lies)
         self._sides[claim_id] = side
         return side
+
+    def ready_side(self, claim_id: int, priority: float = URGENT) -> Side | None:
+        """The Side of a claim if its generation is at hand; else its (re)computation is
+        queued on the worker at `priority` and None is returned (ask again next poll)."""
+        if claim_id in self._sides:
+            return self._sides[claim_id]
+        key = ("side", claim_id)
+        if not self.worker.ready(key):
+            self.worker.submit(key, priority, lambda: self._rebuild(claim_id))
+            if not self.worker.ready(key):
+                return None
+        return self._side(claim_id, self.worker.take(key))
+
+    def side_for(self, claim_id: int) -> Side:
+        """The Side of a claim, computed now if need be (waits for the worker)."""
+        while (side := self.ready_side(claim_id)) is None:
+            time.sleep(0.01)
+        return side
+
+    def first_block(self) -> int:
+        """Where this client starts reading its own events: the head when its store was made."""
+        return int(self.store["first_block"])
 
     def now(self) -> int:
         """The time the next transaction will run at: the pending block's timestamp (the
@@ -230,27 +277,65 @@ class Player:
         """Every transaction this client sent in its games, with its gas (persisted)."""
         return self.store["moves"]
 
+    def note(self, event: str, **fields: Any) -> None:
+        self.notes.append((event, fields))
+
     def _log(self, dispute_id: int, d: Any, fn: str, receipt: Any, **extra: Any) -> dict:
         entry = {
             "dispute": dispute_id, "claim": d.claim_id, "fn": fn, "side": SIDE_NAMES[self.SIDE],
             "stage": d.stage.name, "level": LEVEL.get(d.stage), "height": d.height,
             "index": d.index, "gas": int(receipt["gasUsed"]), "block": int(receipt["blockNumber"]),
-            "mover": self.account, "time": time.time(),
+            "tx": "0x" + bytes(receipt["transactionHash"]).hex(), "mover": self.account,
+            "time": time.time(),
         } | extra  # fmt: skip
         self.moves.append(entry)
         self.store.save()
         return entry
 
+    # --- reconciliation -----------------------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """Close the intents whose outcome the chain now tells, refuse a reset chain
+        (StoreError), undo a reorg, and adopt from events what this client did. Returns the
+        confirmed head (the newest block whose events are acted on)."""
+        self.follower.check()
+        for intent in self.game.reconcile():
+            self.note("intent.closed", fn=intent.fn, subject=intent.subject, state=intent.state,
+                      nonce=intent.nonce, tx=intent.tx_hash)  # fmt: skip
+        fork = self.follower.reorg()
+        if fork is not None:
+            self._undo_after(fork)
+            self.note("reorg", fork_block=fork)
+        head = self.follower.head()
+        self._from_events(head)
+        self.store.save()
+        return head
+
+    def resume(self) -> dict[str, Any]:
+        """What a (re)started client picks up: its unfinished claims, disputes and intents."""
+        self.follower.bind()
+        self.reconcile()
+        return {
+            "claims": sorted(int(k) for k, v in self.store["claims"].items()
+                             if v.get("status", "pending") == "pending"
+                             and v.get("verdict") not in ("match", "other-model", "closed")),
+            "disputes": self.active(),
+            "intents": [{"fn": i.fn, "subject": i.subject, "state": i.state}
+                        for i in self.store.intents()],
+        }  # fmt: skip
+
     # --- the game loop ------------------------------------------------------------------------
 
-    def play(self, dispute_id: int) -> dict[str, Any] | None:
+    def play(self, dispute_id: int, d: Any = None) -> dict[str, Any] | None:
         """Make the move due in one dispute, if any (this side's move, the step it wins, or the
         opponent's timeout); record the outcome once resolved. Returns the move made, if any."""
         info = self.disputes[str(dispute_id)]
         if info.get("winner") is not None:
             return None
+        if f"dispute:{dispute_id}" in self.game.in_flight():
+            return None  # a transaction of ours is still on its way: wait for it
         g = self.game
-        d = g.dispute(dispute_id)
+        d = d if d is not None else g.dispute(dispute_id)
         me = self.SIDE
         if d.stage == Stage.RESOLVED:
             info["winner"] = SIDE_NAMES[d.winner - 1]
@@ -265,7 +350,9 @@ class Player:
                 return self._try(dispute_id, d, "timeout", lambda: g.timeout(dispute_id,
                                  sender=self.account))  # fmt: skip
             return None
-        side = self.side_for(d.claim_id)
+        side = self.ready_side(d.claim_id, URGENT)
+        if side is None:
+            return None  # its generation is being recomputed on the worker
         if d.stage == Stage.STEP:
             return self._maybe_step(dispute_id, d, side)
         send = self.account
@@ -349,26 +436,61 @@ class Player:
             raise
         return self._log(dispute_id, d, fn, receipt, **extra)
 
+    def turn_deadline(self, d: Any) -> int:
+        """When the side to move runs out of time (the step: the claim side's clock)."""
+        return int(d.turn_start + d.clock[d.to_move])
+
     def play_all(self) -> list[dict[str, Any]]:
-        """One pass over every dispute this client plays."""
+        """One pass over every active dispute this client plays, least remaining clock first.
+        A move whose outcome is unknown (the node did not answer) does not hold up the others."""
+        states = [(int(k), self.game.dispute(int(k))) for k in self.active()]
+        states.sort(key=lambda kd: (kd[1].stage == Stage.RESOLVED, self.turn_deadline(kd[1])))
         made = []
-        for key in list(self.disputes):
-            move = self.play(int(key))
+        for did, d in states:
+            try:
+                move = self.play(did, d)
+            except TransactionUnknown as exc:
+                self.note("tx.unknown", dispute=did, detail=str(exc))
+                continue
             if move is not None:
                 made.append(move)
         return made
+
+    def least_clock(self) -> int | None:
+        """Seconds left on the running clock of the most urgent dispute this client plays, on
+        its own turn (None when no dispute waits for it)."""
+        now, left = self.now(), []
+        for did in self.active():
+            d = self.game.dispute(did)
+            if d.stage != Stage.RESOLVED and (d.to_move == self.SIDE or d.stage == Stage.STEP):
+                left.append(max(0, self.turn_deadline(d) - now))
+        return min(left) if left else None
 
     def active(self) -> list[int]:
         """Disputes this client plays that have not resolved yet (as last seen)."""
         return [int(k) for k, v in self.disputes.items() if v.get("winner") is None]
 
     def collect(self) -> int:
-        """Settle this client's move bonds in every resolved dispute (once each), then withdraw
-        its whole credit. Returns the amount withdrawn (wei)."""
+        """Settle this client's move bonds in every resolved dispute (once each), collect its
+        reward shares of overturned claims once they are settled (disputes it won, token proofs
+        accepted: docs/protocol.md section 5), then withdraw its whole credit. Returns the
+        amount withdrawn (wei)."""
         for key, info in self.disputes.items():
             if info.get("winner") is not None and not info.get("settled"):
                 self.game.settle(int(key), self.account, sender=self.account)
                 info["settled"] = True
+                self.store.save()
+        won = [info for info in self.disputes.values()
+               if info.get("side") == "challenge" == info.get("winner")]  # fmt: skip
+        proved = [m for m in self.moves
+                  if m.get("fn") == "proveTokenMismatch" and not m.get("reverted")]  # fmt: skip
+        for cid in sorted({int(e["claim"]) for e in won + proved if not e.get("rewarded")}):
+            if self.game.reward(cid, self.account):  # settled: W over, no dispute open
+                self.game.collect_reward(cid, self.account, sender=self.account)
+            if self.game.reward_shares(cid, self.account) == 0:  # collected, now or before
+                for e in won + proved:
+                    if int(e["claim"]) == cid:
+                        e["rewarded"] = True
                 self.store.save()
         amount = self.game.credit(self.account)
         if amount:

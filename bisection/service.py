@@ -1,181 +1,45 @@
 """The long-running prover and watcher processes behind `refute prove` and `refute watch`.
 
 A `Service` polls one or more clients (a `Prover`, a `Challenger`, or both on one chain) until it
-is stopped: each round it takes the inference requests that arrived, lets every client make the
-moves due from chain state, collects what the client is owed, and reports what changed as
-structured log events (one JSON object per line) and on a one-line status display. All decisions
-stay in the clients; this module only schedules them and says what happened, so a killed process
-restarted on the same state directory resumes every claim and dispute from the chain.
+is stopped. Each round: the requests that arrived are accepted into the prover's database (with
+the read offset of their file, in one write), every client reconciles with the chain and makes
+the moves due (disputes first, least remaining clock first), collects what it is owed, and what
+changed is reported as structured log events (one JSON object per line) and on a status line.
+Model work (generations, re-executions) runs on a `ModelWorker` thread, so a round never waits
+for an inference: the time from a turn starting on chain to the move being sent is one polling
+interval plus the node's answer plus, for a record opening, one position's recomputation.
 
-    service = Service(game, [prover], EventLog(sys.stdout, "prover"), requests=queue)
+Any exception from the node (connection refused, timeout, HTTP 5xx, a dropped answer) ends the
+round, is logged and retried after a backoff that doubles up to `MAX_BACKOFF`; after
+`UNREACHABLE_AFTER` seconds without an answer a `node.unreachable` event says so. Only a chain
+that is no longer the one the state belongs to (StoreError) ends the process.
+
+    service = Service(game, [prover], EventLog(sys.stdout, "prover"), sources=[RequestFile(p)])
     service.run(stop=threading.Event())
 """
 
 from __future__ import annotations
 
-import json
-import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import IO, Any
-
-from tqdm import tqdm
-from web3.exceptions import Web3Exception
+from typing import Any
 
 from refute.bisection.challenger import Challenger
+from refute.bisection.eventlog import EventLog
 from refute.bisection.player import SIDE_NAMES, Player
 from refute.bisection.prover import Prover
+from refute.bisection.requests import RequestError, parse_request, request_id
+from refute.bisection.store import StoreError
 from refute.contracts.chain import is_embedded
-from refute.contracts.errors import DeploymentError
 from refute.contracts.game import GameClient, Stage
 from refute.engine.executor import Request
-from refute.engine.model import Model
-from refute.errors import RefuteError
 
-
-class RequestError(RefuteError, ValueError):
-    """An inference request (a line of the request stream) is malformed."""
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """Where a game lives: written by the process that deploys it, read by those that join."""
-
-    game: str
-    registry: str
-    verifier: str
-    chain_id: int
-    block: int
-    rpc: str | None
-
-    FILE = "deployment.json"
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / self.FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1))
-        return path
-
-    @classmethod
-    def load(cls, directory: str | Path) -> Deployment:
-        path = Path(directory) / cls.FILE
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise DeploymentError(f"{path} is not a deployment file: {exc}") from None
-
-    @classmethod
-    def of(cls, game: GameClient, rpc: str | None, block: int) -> Deployment:
-        return cls(
-            game.game.address, game.registry.address, game.verifier.address,
-            int(game.w3.eth.chain_id), block, rpc,
-        )  # fmt: skip
-
-
-class EventLog:
-    """Structured log: each event is one line, a JSON object (`fmt="json"`) or `key=value`
-    pairs (`fmt="text"`), with a UTC timestamp, the role and the event name first."""
-
-    def __init__(self, stream: IO[str], role: str, fmt: str = "json") -> None:
-        self.stream = stream
-        self.role = role
-        self.fmt = fmt
-        self.lock = threading.Lock()
-
-    def __call__(self, event: str, **fields: Any) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record = {"time": stamp, "role": self.role, "event": event} | fields
-        if self.fmt == "json":
-            line = json.dumps(record, default=_jsonable)
-        else:
-            line = " ".join(f"{k}={_text(v)}" for k, v in record.items())
-        with self.lock:
-            # tqdm.write keeps a status line drawn on the same terminal below the log
-            tqdm.write(line, file=self.stream)
-            self.stream.flush()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    return str(value)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    if isinstance(value, str) and " " not in value:
-        return value
-    return json.dumps(value, default=_jsonable)
-
-
-def parse_request(
-    line: str | dict[str, Any], model: Model, defaults: Request | None = None
-) -> Request:
-    """One inference request: {"prompt": text} or {"tokens": [ids]}, with optional
-    max_new_tokens, temperature and seed. Raises RequestError naming what is wrong."""
-    if isinstance(line, str):
-        try:
-            line = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RequestError(f"not JSON: {exc}") from None
-    if not isinstance(line, dict):
-        raise RequestError("a request is a JSON object")
-    unknown = set(line) - {"prompt", "tokens", "max_new_tokens", "temperature", "seed"}
-    if unknown:
-        raise RequestError(f"unknown fields {sorted(unknown)}")
-    if ("prompt" in line) == ("tokens" in line):
-        raise RequestError('give exactly one of "prompt" (text) and "tokens" (ids)')
-    if "prompt" in line:
-        if model.tokenizer is None:
-            raise RequestError(f'{model.name} has no tokenizer: send token ids as "tokens"')
-        if not isinstance(line["prompt"], str) or not line["prompt"]:
-            raise RequestError('"prompt" must be a non-empty string')
-        tokens = tuple(model.tokenizer.encode(line["prompt"]).ids)
-    else:
-        tokens = line["tokens"]
-        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-            raise RequestError('"tokens" must be a list of integers')
-        tokens = tuple(tokens)
-    p = model.program
-    if not tokens:
-        raise RequestError("empty prompt")
-    bad = [t for t in tokens if not 0 <= t < p.vocab_size]
-    if bad:
-        raise RequestError(f"token {bad[0]} is outside the vocabulary (0..{p.vocab_size - 1})")
-    base = defaults or Request((), 8)
-    new = line.get("max_new_tokens", base.max_new_tokens)
-    temperature = line.get("temperature", base.temperature)
-    seed = line.get("seed", base.seed)
-    if not isinstance(new, int) or new < 1:
-        raise RequestError('"max_new_tokens" must be an integer >= 1')
-    if not isinstance(temperature, int | float) or not 0 <= temperature < float("inf"):
-        raise RequestError('"temperature" must be a finite number >= 0')
-    if not isinstance(seed, int) or not 0 <= seed < 2**256:
-        raise RequestError('"seed" must be an integer in [0, 2^256)')
-    request = Request(tokens, new, float(temperature), seed)
-    if request.positions > p.max_positions:
-        raise RequestError(f"{request.positions} positions exceed the model's {p.max_positions}")
-    return request
-
-
-def follow_lines(stream: IO[str], out: queue.Queue, stop: threading.Event, tail: bool) -> None:
-    """Put each line of `stream` on `out` (a thread's target). `tail`: keep reading a file that
-    grows (like `tail -f`) instead of stopping at its end."""
-    while not stop.is_set():
-        line = stream.readline()
-        if line:
-            if line.strip():
-                out.put(line)
-        elif tail:
-            time.sleep(0.2)
-        else:
-            return
+MAX_BACKOFF = 30.0
+"""Longest wait between rounds after node errors (seconds)."""
+UNREACHABLE_AFTER = 10.0
+"""Seconds of node errors after which a `node.unreachable` event is logged."""
 
 
 class Service:
@@ -187,95 +51,134 @@ class Service:
         clients: list[Player],
         log: EventLog,
         *,
-        requests: queue.Queue | None = None,
+        sources: list[Any] | None = None,
         defaults: Request | None = None,
         interval: float = 2.0,
         status: Callable[[str], None] = lambda _line: None,
+        metrics: Any = None,
     ) -> None:
         self.game = game
         self.clients = clients
         self.log = log
-        self.requests = requests
+        self.sources = sources or []
         self.defaults = defaults
         self.interval = interval
         self.status = status
+        self.metrics = metrics
         self.rounds = 0
         self.errors = 0
+        self.failing_since: float | None = None
+        self.backoff = 0.0
+        self._unreachable_logged = False
         self._seen = [self._snapshot(c) for c in clients]
+
+    @property
+    def prover(self) -> Prover | None:
+        return next((c for c in self.clients if isinstance(c, Prover)), None)
 
     # --- one round ---------------------------------------------------------------------------
 
     def step(self) -> bool:
-        """One round: claims for new requests, every client's moves, payouts. Returns whether
+        """One round: new requests accepted, every client's moves, payouts. Returns whether
         anything happened (a claim, a move, a new verdict or outcome)."""
-        busy = self._serve_requests()
+        busy = self._accept_requests()
+        ok = True
         for k, client in enumerate(self.clients):
             try:
                 made = client.poll()
-                for move in made:
-                    self._log_move(client, move)
-                busy |= bool(made) | self._log_changes(k, client)
+                busy |= self._report(k, client, made)
                 withdrawn = client.collect()
-            except (RefuteError, OSError, Web3Exception) as exc:
-                # a node that is briefly unreachable, a reverted transaction: log, retry next round
-                self.errors += 1
-                self.log("error", client=_role(client), error=type(exc).__name__, detail=str(exc))
+            except StoreError:
+                raise
+            except Exception as exc:  # the node, a revert, a dropped answer: retried
+                busy |= self._report(k, client, [])
+                self._failed(client, exc)
+                ok = False
                 continue
             if withdrawn:
                 self.log("withdrawn", account=client.account, wei=withdrawn)
                 busy = True
+        if ok:
+            self._recovered()
         self.rounds += 1
+        self._observe()
         self.status(self.status_line())
         return busy
 
-    def _serve_requests(self) -> bool:
-        provers = [c for c in self.clients if isinstance(c, Prover)]
-        if self.requests is None or not provers:
+    def _failed(self, client: Player, exc: Exception) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        self.failing_since = self.failing_since or now
+        self.backoff = min(MAX_BACKOFF, max(self.interval, 2 * self.backoff))
+        kind = type(exc).__name__
+        if self.metrics is not None:
+            self.metrics.rpc_error(kind)
+            if isinstance(exc, OSError | TimeoutError) or "Connection" in kind:
+                self.metrics.node_unreachable()
+        self.log("error", client=_role(client), error=kind, detail=str(exc)[:500],
+                 retry_in=round(self.backoff, 2))  # fmt: skip
+        down = now - self.failing_since
+        if down >= UNREACHABLE_AFTER and not self._unreachable_logged:
+            self._unreachable_logged = True
+            self.log("node.unreachable", seconds=round(down, 1), errors=self.errors)
+
+    def _recovered(self) -> None:
+        if self.failing_since is not None and self._unreachable_logged:
+            self.log("node.reachable", after=round(time.monotonic() - self.failing_since, 1))
+        self.failing_since = None
+        self._unreachable_logged = False
+        self.backoff = 0.0
+
+    def _accept_requests(self) -> bool:
+        """Every new line of the request sources goes into the prover's database (or is
+        rejected, naming the problem); the offset it was read to is saved with it."""
+        prover = self.prover
+        if prover is None or not self.sources:
             return False
         busy = False
-        while True:
-            try:
-                line = self.requests.get_nowait()
-            except queue.Empty:
-                return busy
-            busy = True
-            prover = provers[0]
-            try:
-                request = parse_request(line, prover.model, self.defaults)
-            except RequestError as exc:
-                self.log("request.rejected", reason=str(exc), line=str(line).strip()[:200])
-                continue
-            self.claim(prover, request)
+        for source in self.sources:
+            for key, line, offset in source.lines():
+                busy = True
+                rid = request_id(line)
+                if rid is not None:
+                    key = f"id:{rid}"
+                if offset:
+                    prover.store.data.setdefault("offsets", {})[source.path] = offset
+                try:
+                    request = parse_request(line, prover.model, self.defaults)
+                except RequestError as exc:
+                    prover.store.save()
+                    self.log("request.rejected", reason=str(exc), line=str(line).strip()[:200],
+                             id=rid)  # fmt: skip
+                    continue
+                if prover.enqueue(key, request, id=rid):
+                    self.log("request.accepted", request=key, id=rid, prompt=list(request.prompt),
+                             max_new_tokens=request.max_new_tokens)  # fmt: skip
+                else:
+                    prover.store.save()
+                    self.log("request.duplicate", request=key, id=rid)
+        return busy
 
-    def claim(self, prover: Prover, request: Request) -> int | None:
-        """Run a request and post its claim, logging the outcome."""
-        self.log("request.accepted", prompt=list(request.prompt),
-                 max_new_tokens=request.max_new_tokens)  # fmt: skip
-        done = [0]
-
-        def progress(positions: int) -> None:
-            done[0] += positions
-            self.status(f"running request: position {done[0]} of {request.positions}")
-
-        try:
-            claim_id = prover.claim(request, on_position=progress)
-        except RefuteError as exc:
-            self.errors += 1
-            self.log("claim.failed", error=type(exc).__name__, detail=str(exc))
-            return None
-        info = prover.store["claims"][str(claim_id)]
-        tokenizer = prover.model.tokenizer
-        c = self.game.claim(claim_id)
-        self.log(
-            "claim.posted", claim=claim_id, tokens=info["tokens"],
-            text=tokenizer.decode(info["tokens"]) if tokenizer is not None else None,
-            trace_root=c.trace_root, records=c.num_records, deadline=c.deadline,
-            gas=self.game.gas_used[-1][1],
-        )  # fmt: skip
-        self._seen[self.clients.index(prover)]["claims"][str(claim_id)] = "pending"
-        return claim_id
+    def submit(self, request: Request, key: str | None = None, rid: str | None = None) -> str:
+        """Accept one request for the prover (the library way; the CLI reads sources)."""
+        prover = self.prover
+        assert prover is not None, "a Service without a Prover takes no requests"
+        key = key or f"api:{time.time_ns()}"
+        if prover.enqueue(key, request, id=rid):
+            self.log("request.accepted", request=key, id=rid, prompt=list(request.prompt),
+                     max_new_tokens=request.max_new_tokens)  # fmt: skip
+        return key
 
     # --- what changed -------------------------------------------------------------------------
+
+    def _report(self, k: int, client: Player, made: list[dict[str, Any]]) -> bool:
+        for move in made:
+            self._log_move(client, move)
+        for event, fields in client.notes:
+            self.log(event, client=_role(client), **fields)
+        busy = bool(made) or bool(client.notes)
+        client.notes.clear()
+        return self._log_changes(k, client) or busy
 
     @staticmethod
     def _snapshot(client: Player) -> dict[str, dict[str, Any]]:
@@ -294,10 +197,14 @@ class Service:
             if before["claims"].get(cid) == value:
                 continue
             changed = True
+            info = client.store["claims"][cid]
             if isinstance(client, Prover):
-                self.log(f"claim.{value}", claim=int(cid))
-            else:
-                info = client.store["claims"][cid]
+                if value == "pending":
+                    self._log_posted(client, int(cid), info)
+                else:
+                    self.log(f"claim.{value}", claim=int(cid), request=info.get("key"),
+                             id=_rid(client, info))  # fmt: skip
+            elif value is not None:
                 self.log("claim.checked", claim=int(cid), verdict=value,
                          prompt=info["request"]["prompt"])  # fmt: skip
         for did, winner in now["disputes"].items():
@@ -318,6 +225,16 @@ class Service:
             changed |= self._log_outcomes(client)
         return changed
 
+    def _log_posted(self, prover: Prover, cid: int, info: dict[str, Any]) -> None:
+        tokenizer = prover.model.tokenizer
+        c = self.game.claim(cid)
+        self.log(
+            "claim.posted", claim=cid, request=info.get("key"), id=_rid(prover, info),
+            tokens=info["tokens"],
+            text=tokenizer.decode(info["tokens"]) if tokenizer is not None else None,
+            trace_root=c.trace_root, records=c.num_records, deadline=c.deadline,
+        )  # fmt: skip
+
     def _log_outcomes(self, client: Challenger) -> bool:
         """A watcher also reports how the claims it disputed ended (finalised or overturned)."""
         changed = False
@@ -333,21 +250,57 @@ class Service:
         return changed
 
     def _log_move(self, client: Player, move: dict[str, Any]) -> None:
-        keys = ("dispute", "claim", "fn", "side", "stage", "level", "height", "index", "gas",
-                "output", "values", "record", "step", "reverted")  # fmt: skip
-        self.log("tx", client=_role(client), **{k: move[k] for k in keys if k in move})
+        keys = ("dispute", "claim", "fn", "side", "stage", "height", "index", "gas", "tx",
+                "output", "values", "record", "step", "reverted", "request", "id")  # fmt: skip
+        fields = {k: move[k] for k in keys if k in move}
+        if move.get("level") is not None:
+            fields["game_level"] = move["level"]
+        if self.metrics is not None and "gas" in move:
+            self.metrics.tx(move["fn"], int(move["gas"]))
+        self.log("tx", client=_role(client), **fields)
 
-    # --- the status line ----------------------------------------------------------------------
+    # --- status and metrics -------------------------------------------------------------------
+
+    def _observe(self) -> None:
+        if self.metrics is None:
+            return
+        try:
+            block = self.game.w3.eth.get_block("latest")
+        except Exception:  # the node: already counted as an error
+            return
+        m = self.metrics
+        m.observe_block(int(block["number"]), int(block["timestamp"]))
+        m.heartbeat()
+        for client in self.clients:
+            role = _role(client)
+            if isinstance(client, Prover):
+                pending = sum(1 for c in client.store["claims"].values()
+                              if c["status"] == "pending")  # fmt: skip
+                m.set_claims_pending(pending, role)
+                m.set_queue(len(client.queued()), _lag(client.store["requests"].values(),
+                                                       "time", "queued"))  # fmt: skip
+            else:
+                backlog = [c for c in client.store["claims"].values() if c["verdict"] is None]
+                m.set_claims_pending(len(backlog), role)
+                m.set_queue(len(backlog), _lag(backlog, "seen", None))
+                m.set_at_risk(len(client.at_risk()))
+            try:
+                m.set_disputes(len(client.active()), client.least_clock())
+            except Exception:  # the node
+                pass
 
     def status_line(self) -> str:
         """One line: chain head, claims by state, active disputes with whose clock runs."""
         try:
             block = self.game.w3.eth.get_block("pending")
-        except (RefuteError, OSError, Web3Exception):
+        except Exception:
             return f"round {self.rounds}: chain unreachable ({self.errors} errors)"
         parts = [f"block {block['number'] - 1}"]
         for client in self.clients:
-            parts.append(self._client_status(client, int(block["timestamp"])))
+            try:
+                parts.append(self._client_status(client, int(block["timestamp"])))
+            except Exception:
+                parts.append(f"{_role(client)}: chain unreachable")
         if self.errors:
             parts.append(f"{self.errors} errors")
         return " | ".join(parts)
@@ -362,9 +315,21 @@ class Service:
             head = f"{role}: claims " + (
                 ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
             )
+            for key, done in client.progress.items():
+                total = client.store["requests"][key]["request"]
+                positions = len(total["prompt"]) + total["max_new_tokens"] - 1
+                head += f"; running {key}: position {done} of {positions}"
+            if client.queued():
+                head += f"; {len(client.queued())} requests queued"
         else:
             disputed = sum(1 for c in claims if c.get("verdict") == "dispute")
-            head = f"{role}: {len(client.store['claims'])} claims checked, {disputed} disputed"
+            waiting = sum(1 for c in claims if c.get("verdict") is None)
+            head = f"{role}: {len(client.store['claims'])} claims seen, {disputed} disputed"
+            if waiting:
+                head += f", {waiting} queued for re-execution"
+            risky = client.at_risk()
+            if risky:
+                head += f", {len(risky)} AT RISK"
         active = []
         for did in client.active():
             d = self.game.dispute(did)
@@ -382,16 +347,22 @@ class Service:
     # --- the loop -----------------------------------------------------------------------------
 
     def idle(self) -> bool:
-        """Nothing left to do: no queued request, no active dispute, no pending own claim."""
-        if self.requests is not None and not self.requests.empty():
-            return False
+        """Nothing left to do: no queued request, no active dispute, no pending own claim, no
+        claim waiting for re-execution, no transaction in flight."""
         for client in self.clients:
-            if client.active():
+            if client.active() or client.game.in_flight():
                 return False
-            if isinstance(client, Prover) and any(
+            if isinstance(client, Prover) and (client.queued() or any(
                 c["status"] == "pending" for c in client.store["claims"].values()
+            )):  # fmt: skip
+                return False
+            if isinstance(client, Challenger) and any(
+                c["verdict"] is None for c in client.store["claims"].values()
             ):
                 return False
+            if any(d.get("side") == "challenge" == d.get("winner") and not d.get("rewarded")
+                   for d in client.disputes.values()):  # fmt: skip
+                return False  # its share of the claim bond is paid once the claim settles
         return True
 
     def _tick(self) -> None:
@@ -401,6 +372,15 @@ class Service:
         w3 = self.game.w3
         if is_embedded(w3) and time.time() >= w3.eth.get_block("pending")["timestamp"] + 1:
             w3.provider.ethereum_tester.mine_blocks(1)
+
+    def resume(self) -> None:
+        """Bind every client to the chain (refusing another or a reset one) and log what each
+        picks up: claims, disputes and transactions whose outcome it still has to learn."""
+        for client in self.clients:
+            picked = client.resume()
+            self.log("resumed", client=_role(client), **picked)
+        for k, client in enumerate(self.clients):
+            self._seen[k] = self._snapshot(client)
 
     def run(
         self,
@@ -424,10 +404,31 @@ class Service:
             if max_seconds is not None and time.monotonic() - start >= max_seconds:
                 reason = "time limit"
                 break
-            if not busy:
-                stop.wait(self.interval)
+            if self.backoff:
+                stop.wait(self.backoff)
+            elif not busy:
+                stop.wait(self._wait())
+            try:
                 self._tick()
+            except Exception:  # the node: the next round says so
+                pass
         self.log("exited", reason=reason, rounds=self.rounds, errors=self.errors)
+
+    def _wait(self) -> float:
+        """The idle wait: the polling interval, shorter while model work is running (its result
+        is picked up within a tenth of the interval)."""
+        working = any(c.worker.running() or c.worker.queue() for c in self.clients)
+        return self.interval / 10 if working else self.interval
+
+
+def _rid(client: Player, info: dict[str, Any]) -> Any:
+    request = client.store.get("requests", {}).get(info.get("key"))
+    return None if request is None else request.get("id")
+
+
+def _lag(items: Iterable[dict[str, Any]], field: str, status: str | None) -> float:
+    times = [i[field] for i in items if field in i and (status is None or i["status"] == status)]
+    return max(0.0, time.time() - min(times)) if times else 0.0
 
 
 def _role(client: Player) -> str:
@@ -446,17 +447,3 @@ def stop_on_signals(
             signal.signal(sig, handler)
 
     return restore
-
-
-class StatusLine:
-    """A status line redrawn in place at the bottom of a terminal (nothing elsewhere)."""
-
-    def __init__(self, stream: IO[str] = sys.stderr) -> None:
-        self.bar = tqdm(total=0, bar_format="{desc}", file=stream, disable=not stream.isatty(),
-                        dynamic_ncols=True, leave=False)  # fmt: skip
-
-    def __call__(self, line: str) -> None:
-        self.bar.set_description_str(line)
-
-    def close(self) -> None:
-        self.bar.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import queue
 import sys
 import tempfile
 import threading
@@ -122,6 +121,29 @@ def _service_options(role: str) -> Callable:
             show_default=True,
             help="claim, challenge and move bonds in wei (when deploying)",
         ),
+        click.option(
+            "--confirmations",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="act on events only this many blocks deep (set it on a live network; a reorg "
+            "of what was acted on is undone and re-sent either way)",
+        ),
+        click.option(
+            "--workers",
+            default=1,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="model-work threads (generations, re-executions), apart from the game loop",
+        ),
+        click.option(
+            "--metrics-port",
+            default=0,
+            type=click.IntRange(min=0, max=65535),
+            help="serve /health and Prometheus /metrics on 127.0.0.1 at this port (default: a "
+            "free port, named in the `metrics` event)",
+        ),
+        click.option("--no-metrics", is_flag=True, help="serve no /health or /metrics"),
         backend_option,
     ]
 
@@ -179,7 +201,8 @@ def _account(w3: Any, ref: str, key_env: str | None) -> str:
 
 def _open(role: str, opts: dict[str, Any]):
     """Chain, account, game (joined or deployed), model and log of a service process."""
-    from refute.bisection.service import Deployment, EventLog
+    from refute.bisection.deployment import Deployment
+    from refute.bisection.eventlog import EventLog
     from refute.contracts.chain import connect
     from refute.contracts.game import GameClient, GameParams
     from refute.demo_model import DEMO_MODEL_DIR
@@ -258,16 +281,46 @@ def _open(role: str, opts: dict[str, Any]):
     return game, model, account, log, state, deployment
 
 
-def _run(service: Any, opts: dict[str, Any]) -> None:
-    from refute.bisection.service import StatusLine, stop_on_signals
+def _worker(opts: dict[str, Any]):
+    from refute.bisection.workers import ModelWorker
+
+    return ModelWorker(threads=opts["workers"])
+
+
+def _run(service: Any, opts: dict[str, Any], model: Any, executor: Any) -> None:
+    """Resume from the chain, warn if the game's clocks are too short for this machine, serve
+    metrics, and poll until stopped."""
+    from refute.bisection.eventlog import StatusLine
+    from refute.bisection.liveness import check_liveness
+    from refute.bisection.metrics import HealthServer, Metrics
+    from refute.bisection.service import stop_on_signals
+    from refute.bisection.store import StoreError
 
     stop = threading.Event()
     restore = stop_on_signals(stop)
     status = StatusLine()
     service.status = status
+    server = None
     try:
-        service.run(stop, max_seconds=opts["max_seconds"], until_idle=opts["until_idle"])
+        try:
+            service.resume()
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
+        for warning in check_liveness(model, executor, service.game.params()):
+            service.log("liveness", **warning)
+        if not opts["no_metrics"]:
+            service.metrics = Metrics()
+            server = HealthServer(service.metrics, port=opts["metrics_port"]).start()
+            service.log("metrics", url=server.url, health=server.url + "/health",
+                        metrics=server.url + "/metrics")  # fmt: skip
+        try:
+            service.run(stop, max_seconds=opts["max_seconds"], until_idle=opts["until_idle"])
+        except StoreError as exc:
+            service.log("error", error="StoreError", detail=str(exc))
+            raise click.ClickException(str(exc)) from None
     finally:
+        if server is not None:
+            server.close()
         status.close()
         restore()
 
@@ -355,14 +408,19 @@ def prove(
     from refute.bisection.challenger import Challenger
     from refute.bisection.drills import parse_cheat
     from refute.bisection.prover import Prover
-    from refute.bisection.service import Service, follow_lines
+    from refute.bisection.requests import FixedRequests, RequestError, RequestFile, StreamRequests
+    from refute.bisection.service import Service
     from refute.engine.executor import Request
     from refute.errors import RefuteError
 
+    sources: list[Any] = []
     try:
+        if requests_path not in (None, "-") and not Path(requests_path).is_file():
+            raise click.BadParameter(f"{requests_path} is not a file", param_hint="--requests")
         game, model, account, log, state, deployment = _open("prover", opts)
         hook = _drill(parse_cheat, cheat, model, "--cheat")
         game.register(model, sender=account)
+        worker = _worker(opts)
         prover = Prover(
             game,
             model,
@@ -370,6 +428,8 @@ def prove(
             account,
             executor=_executor(model, opts, hook),
             consistent_lies=hook is not None,
+            worker=worker,
+            confirmations=opts["confirmations"],
         )
         clients = [prover]
         if also_watch:
@@ -379,39 +439,33 @@ def prove(
                 state / "watcher",
                 account,
                 executor=prover.executor if hook is None else _executor(model, opts),
+                worker=worker,
+                confirmations=opts["confirmations"],
             )
             if watcher.store["cursor"] == 0:
                 watcher.store["cursor"] = deployment.block
             clients.append(watcher)
-        requests: queue.Queue = queue.Queue()
-        for text in prompts:
-            requests.put({"prompt": text})
-        for ids in token_prompts:
-            requests.put({"tokens": list(_parse_tokens(ids))})
-        stop_reading = threading.Event()
-        reader = None
-        if requests_path is not None:
+        given = [{"prompt": text} for text in prompts]
+        given += [{"tokens": list(_parse_tokens(ids))} for ids in token_prompts]
+        if given:
+            sources.append(FixedRequests(given))
+        if requests_path == "-":
+            sources.append(StreamRequests(sys.stdin))
+        elif requests_path is not None:
+            offset = prover.store.get("offsets", {}).get(requests_path, 0)
             try:
-                stream = sys.stdin if requests_path == "-" else open(requests_path)
-            except OSError as exc:
+                sources.append(RequestFile(requests_path, offset))
+            except RequestError as exc:
                 raise click.BadParameter(str(exc), param_hint="--requests") from None
-            reader = threading.Thread(
-                target=follow_lines,
-                daemon=True,
-                args=(stream, requests, stop_reading, requests_path != "-"),
-            )
-            reader.start()
         defaults = Request((), max_new_tokens, temperature, seed)
-        service = Service(
-            game, clients, log, requests=requests, defaults=defaults, interval=opts["interval"]
-        )
-        _run(service, opts)
-        stop_reading.set()
-        if reader is not None and requests_path != "-":
-            reader.join(timeout=2)
-            stream.close()
+        service = Service(game, clients, log, sources=sources, defaults=defaults,
+                          interval=opts["interval"])  # fmt: skip
+        _run(service, opts, model, prover.executor)
     except RefuteError as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        for source in sources:
+            source.close()
 
 
 @main.command()
@@ -454,12 +508,15 @@ def watch(from_block, lie, **opts) -> None:
             account,
             executor=_executor(model, opts, hook),
             consistent_lies=hook is not None,
+            worker=_worker(opts),
+            confirmations=opts["confirmations"],
         )
         if from_block is not None:
             watcher.store["cursor"] = from_block
         elif watcher.store["cursor"] == 0:
             watcher.store["cursor"] = deployment.block
         watcher.store.save()
-        _run(Service(game, [watcher], log, interval=opts["interval"]), opts)
+        _run(Service(game, [watcher], log, interval=opts["interval"]), opts, model,
+             watcher.executor)  # fmt: skip
     except RefuteError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from eth_account import Account
 from web3 import Web3
 
-from refute.bisection.service import RequestError, parse_request
+from refute.bisection.requests import RequestError, parse_request
 from refute.cli import main
+from refute.contracts.game import GameParams
 from refute.engine.checkpoint import load_model
 
 PROMPT = "5,17,250,3"
@@ -93,7 +94,8 @@ def test_prove_with_watch_on_the_embedded_chain(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     log = events(result.stdout)
-    assert names(log)[:2] == ["deployed", "started"] and log[-1]["event"] == "exited"
+    assert names(log)[0] == "deployed" and log[-1]["event"] == "exited"
+    assert {"resumed", "metrics", "started"} <= set(names(log))
     assert log[-1]["reason"] == "idle" and log[-1]["errors"] == 0
     posted = [e for e in log if e["event"] == "claim.posted"]
     assert sorted(len(e["tokens"]) for e in posted) == [3, 3] and len(posted) == 2
@@ -104,7 +106,9 @@ def test_prove_with_watch_on_the_embedded_chain(tmp_path: Path) -> None:
     finalized = sorted(e["claim"] for e in log if e["event"] == "claim.finalized")
     assert finalized == [0, 1]
     withdrawn = sum(e["wei"] for e in log if e["event"] == "withdrawn")
-    assert withdrawn == 2 * 10**18  # both claim bonds back
+    # both claim bonds back, and the fees (11 positions): this prover deployed the game, so its
+    # account is the fee recipient
+    assert withdrawn == 2 * 10**18 + 11 * GameParams().fee_per_position
     deployment = json.loads((tmp_path / "s" / "deployment.json").read_text())
     assert deployment["game"] == log[0]["game"]
     # the embedded chain died with the process: its state directory cannot be reused
@@ -223,6 +227,7 @@ def test_prover_and_watcher_processes_on_anvil(anvil_web3: Web3, tmp_path: Path)
         assert watcher.wait(30) == 0
         assert _read(wlog)[-1] | {"time": None} == {
             "time": None,
+            "level": "info",
             "role": "watcher",
             "event": "exited",
             "reason": "stopped",
@@ -250,12 +255,16 @@ def test_prover_and_watcher_processes_on_anvil(anvil_web3: Web3, tmp_path: Path)
     assert names(wl).count("joined") == 2 and names(wl).count("claim.checked") == 1
     assert [e["event"] for e in pl if e["event"].startswith("claim.")][-1] == "claim.overturned"
     # every move was made once across the restart: the chain counts them
-    moves = [e for e in wl + pl if e["event"] == "tx" and e["fn"] != "openDispute"]
+    moves = [
+        e for e in wl + pl if e["event"] == "tx" and e["fn"] not in ("openDispute", "postClaim")
+    ]
     game_moves = sum(1 for e in moves if e["fn"] not in ("step", "timeout"))
     d = anvil_web3.eth.contract(address=game, abi=_game_abi()).functions.getDispute(0).call()
     assert d[-1] == game_moves  # Dispute.moves
     withdrawn = sum(e["wei"] for e in wl if e["event"] == "withdrawn")
-    assert withdrawn == 10**18 + 5 * 10**17 + game_moves * 10**15
+    # its challenge bond and every move bond (the losing side's go to the winning opener); its
+    # share of the forfeited claim bond is collectable once the claim settles, after W (600 s)
+    assert withdrawn == 5 * 10**17 + game_moves * 10**15
     assert anvil_web3.eth.get_balance(key.address) > 10**19  # won more than it spent on gas
 
 
@@ -276,12 +285,14 @@ def test_service_logs_a_whole_dispute_and_shows_clocks(
 
     from refute.bisection.challenger import Challenger
     from refute.bisection.demo import flip_bit
+    from refute.bisection.eventlog import EventLog
     from refute.bisection.prover import Prover
-    from refute.bisection.service import EventLog, Service
+    from refute.bisection.service import Service
     from refute.contracts.game import GameClient, GameParams
     from refute.engine.executor import Executor, Request
 
-    params = GameParams(claim_bond=10**18, challenge_bond=5 * 10**17, move_bond=10**15)
+    # a short window: the watcher's reward share is paid once the claim settles (W over)
+    params = GameParams(claim_bond=10**18, challenge_bond=5 * 10**17, move_bond=10**15, window=8)
     game = GameClient.deploy(w3=embedded_web3, params=params)
     game.register(model)
     acc = embedded_web3.eth.accounts
@@ -292,7 +303,7 @@ def test_service_logs_a_whole_dispute_and_shows_clocks(
     lines: list[str] = []
     service = Service(game, [prover, watcher], EventLog(stream, "test"), interval=0.05,
                       status=lines.append)  # fmt: skip
-    service.claim(prover, Request((5, 17, 250, 3), 3))
+    service.submit(Request((5, 17, 250, 3), 3))
     service.run(threading.Event(), until_idle=True, max_seconds=120)
     log = events(stream.getvalue())
     assert log[-1]["reason"] == "idle" and service.errors == 0
@@ -300,7 +311,7 @@ def test_service_logs_a_whole_dispute_and_shows_clocks(
     mid = next(line for line in lines if f"#{did} trace (claim side" in line)
     assert f"#{did} trace (challenge side, " in mid and "clock 1" in mid
     assert "claims 1 overturned" in lines[-1] and "none active" in lines[-1]
-    txs = [e for e in log if e["event"] == "tx"]
+    txs = [e for e in log if e["event"] == "tx" and e["fn"] != "postClaim"]
     assert {e["client"] for e in txs} == {"prover", "watcher"}
     assert txs[0]["fn"] == "openDispute" and txs[-1]["fn"] == "step"
     resolved = [e for e in log if e["event"] == "dispute.resolved"]
@@ -310,4 +321,8 @@ def test_service_logs_a_whole_dispute_and_shows_clocks(
     assert {e["event"] for e in log} >= {"claim.posted", "claim.checked", "claim.overturned"}
     moves = game.dispute(did).moves
     withdrawn = [e["wei"] for e in log if e["event"] == "withdrawn"]
-    assert sum(withdrawn) == params.claim_bond + params.challenge_bond + moves * params.move_bond
+    # the watcher: half the claim bond (the only successful challenge), its challenge bond, every
+    # move bond; the cheating prover: nothing
+    assert (
+        sum(withdrawn) == params.claim_bond // 2 + params.challenge_bond + moves * params.move_bond
+    )

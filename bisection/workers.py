@@ -1,0 +1,135 @@
+"""Model work (generations and re-executions) apart from the game loop.
+
+A dispute move must go out within its clock whatever else is queued, so the loop that plays the
+game never runs a whole inference itself: it submits jobs here and picks the results up on a
+later poll. Jobs run in order of priority, an absolute time (the moment the result is needed:
+a dispute's turn deadline, a claim's window end), then in order of submission.
+
+Why threads and not processes: a generation's caches and trace stay in the process that plays
+its dispute (the Side recomputes records from them), the weights are shared without a copy, and
+the heavy work runs in numpy and in numba kernels compiled with `nogil=True`, which release the
+GIL; between kernel calls CPython hands the GIL to the game loop within its switch interval
+(5 ms). The game loop itself only waits on the node. `ModelWorker(threads=0)` runs each job at
+once in the caller's thread: the synchronous mode of the library API and of most tests.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+URGENT = 0.0
+"""Priority of work a dispute is waiting for (before every deadline)."""
+
+
+@dataclass(order=True)
+class _Job:
+    priority: float
+    seq: int
+    key: Hashable = field(compare=False)
+    fn: Callable[[], Any] = field(compare=False)
+    submitted: float = field(compare=False, default_factory=time.time)
+
+
+class ModelWorker:
+    """A priority queue of model jobs served by `threads` threads (0: run at submission)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+        self._heap: list[_Job] = []
+        self._seq = itertools.count()
+        self._lock = threading.Condition()
+        self._queued: dict[Hashable, _Job] = {}
+        self._running: dict[Hashable, float] = {}
+        self._done: dict[Hashable, tuple[bool, Any]] = {}
+        self._stop = False
+        self.seconds: dict[Hashable, float] = {}
+        self._pool = [
+            threading.Thread(target=self._serve, name=f"model-worker-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for t in self._pool:
+            t.start()
+
+    def submit(self, key: Hashable, priority: float, fn: Callable[[], Any]) -> None:
+        """Queue `fn` under `key` (once: a key queued, running or done is not queued again; a
+        second submission with a more urgent priority moves it up)."""
+        with self._lock:
+            if key in self._running or key in self._done:
+                return
+            job = self._queued.get(key)
+            if job is not None:
+                if priority < job.priority:
+                    job.priority = priority
+                    heapq.heapify(self._heap)
+                return
+            job = _Job(priority, next(self._seq), key, fn)
+            if self.threads == 0:
+                self._running[key] = time.time()
+            else:
+                self._queued[key] = job
+                heapq.heappush(self._heap, job)
+                self._lock.notify()
+                return
+        self._run(job)
+
+    def ready(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._done
+
+    def take(self, key: Hashable) -> Any:
+        """The result of a finished job (removed; its exception is raised here)."""
+        with self._lock:
+            ok, value = self._done.pop(key)
+        if not ok:
+            raise value
+        return value
+
+    def busy(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._queued or key in self._running
+
+    def queue(self) -> list[tuple[Hashable, float, float]]:
+        """(key, priority, submitted) of the jobs waiting, most urgent first."""
+        with self._lock:
+            return [(j.key, j.priority, j.submitted) for j in sorted(self._heap)]
+
+    def running(self) -> dict[Hashable, float]:
+        """Jobs running now, with their start time."""
+        with self._lock:
+            return dict(self._running)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+
+    # --- the threads -------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while not self._heap and not self._stop:
+                    self._lock.wait()
+                if self._stop:
+                    return
+                job = heapq.heappop(self._heap)
+                del self._queued[job.key]
+                self._running[job.key] = time.time()
+            self._run(job)
+
+    def _run(self, job: _Job) -> None:
+        start = time.monotonic()
+        try:
+            outcome = (True, job.fn())
+        except BaseException as exc:  # handed to whoever takes the result
+            outcome = (False, exc)
+        with self._lock:
+            self._running.pop(job.key, None)
+            self._done[job.key] = outcome
+            self.seconds[job.key] = time.monotonic() - start
