@@ -326,3 +326,40 @@ def test_service_logs_a_whole_dispute_and_shows_clocks(
     assert (
         sum(withdrawn) == params.claim_bond // 2 + params.challenge_bond + moves * params.move_bond
     )
+
+
+def test_health_and_metrics_endpoints_of_a_running_prover(tmp_path: Path) -> None:
+    """`refute prove --watch` serves /health and Prometheus /metrics on a loopback port named in
+    its `metrics` event; the figures follow the game (claims pending, last block, transactions)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    plog = tmp_path / "p.log"
+    proc = _start(["prove", "--model", "tiny-llama", "--prompt-tokens", PROMPT, "--watch",
+                   "--window", "3600", "--interval", "0.2", "--max-seconds", "60",
+                   "--state", str(tmp_path / "s")], plog)  # fmt: skip
+    try:
+        log = _wait(proc, plog, lambda ev: "claim.checked" in names(ev) and "metrics" in names(ev))
+        (where,) = [e for e in log if e["event"] == "metrics"]
+        assert where["url"].startswith("http://127.0.0.1:")
+        time.sleep(1.0)  # a round after the check
+        with urllib.request.urlopen(where["health"], timeout=5) as r:
+            health = json.loads(r.read())
+            assert r.status == 200 and health["status"] == "ok", health
+        with urllib.request.urlopen(where["metrics"], timeout=5) as r:
+            text = r.read().decode()
+        samples = {
+            (s.name, s.labels.get("role", s.labels.get("fn"))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("refute_claims_pending", "prover")] == 1  # posted, window open
+        assert samples[("refute_last_block_number", None)] >= 3
+        assert samples[("refute_transactions_total", "postClaim")] == 1
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(where["url"] + "/nothing", timeout=5)
+        assert missing.value.code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
