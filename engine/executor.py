@@ -157,6 +157,7 @@ class Executor:
         if request.positions > p.max_positions:
             raise ExecutionError(
                 f"{request.positions} positions exceed the model's {p.max_positions}"
+                + getattr(self.model, "context_note", "")
             )
         if not 0 <= request.seed < 2**256:
             raise ExecutionError("seed must be a uint256")
