@@ -21,6 +21,17 @@ prints:
 
 Targets: commitment overhead <= 25% of inference, weights commitment >= 0.5 GB/s. PASS/FAIL is
 printed next to each; the exit status does not depend on them. Needs torch and transformers.
+
+    python bench/engine.py --commitments [--threads 1 2] [--repeats 3]
+
+measures instead what committing costs the watchers' backend (`CPUBackend`), without torch: on
+tiny-llama, the demo checkpoint (refute/data/demo) and a 134.2M-parameter random Llama (the
+shapes of bench/kernels.py), at each numba thread count, it runs the same greedy generation with
+the trace recorded and without (alternating, --repeats times each, after a warm-up) and prints
+`commit_s / evaluate_s` of the recorded runs (the executor's own split: hashing every node
+output, the cache commitments and the trace records, against computing the outputs) and, as a
+cross-check independent of that split, the wall time of a recorded run over an unrecorded one.
+Target: commitments <= 10% of evaluation.
 """
 
 from __future__ import annotations
@@ -29,17 +40,18 @@ import argparse
 import platform
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import LlamaConfig as HFLlamaConfig
-from transformers import LlamaForCausalLM
 
 from refute.engine import merkle
 from refute.engine.checkpoint import build, builtin_model, random_weights
 from refute.engine.executor import Executor, Request
 from refute.engine.model import Model
 from refute.engine.models import LlamaConfig
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 # ~100M parameters: 12 layers of width 768 (12 heads of 64), SwiGLU 1792, vocab 32000, tied
 # embeddings — 102.5M parameters, about 410 MB of float32.
@@ -55,7 +67,20 @@ LLAMA_100M = LlamaConfig(
     tie_embeddings=True,
 )
 
+# bench/kernels.py's decode model: untied head, SwiGLU 2048 — 134.2M parameters
+LLAMA_134M = LlamaConfig(
+    vocab_size=32000,
+    hidden_size=768,
+    intermediate_size=2048,
+    num_layers=12,
+    num_heads=12,
+    num_kv_heads=12,
+    head_dim=64,
+    max_positions=512,
+)
+
 COMMIT_OVERHEAD_TARGET = 0.25
+CPU_COMMIT_TARGET = 0.10
 WEIGHTS_GBPS_TARGET = 0.5
 
 
@@ -89,6 +114,10 @@ class Result:
 
 def hf_model(model: Model) -> LlamaForCausalLM:
     """A transformers Llama holding exactly refute's weights (float32)."""
+    import torch
+    from transformers import LlamaConfig as HFLlamaConfig
+    from transformers import LlamaForCausalLM
+
     c = model.config
     config = HFLlamaConfig(
         vocab_size=c.vocab_size,
@@ -129,8 +158,16 @@ def time_refute(model: Model, prompt: tuple[int, ...], new: int) -> tuple[float,
     return (new - 1) / decode_s, gen.output_tokens, dict(ex.seconds)
 
 
-@torch.inference_mode()
 def time_torch(hf: LlamaForCausalLM, prompt: tuple[int, ...], new: int) -> tuple[float, list[int]]:
+    import torch
+
+    with torch.inference_mode():
+        return _time_torch(torch, hf, prompt, new)
+
+
+def _time_torch(
+    torch, hf: LlamaForCausalLM, prompt: tuple[int, ...], new: int
+) -> tuple[float, list[int]]:
     out = hf(torch.tensor([prompt]), use_cache=True)
     past, token = out.past_key_values, int(out.logits[0, -1].argmax())
     tokens = [token]
@@ -197,6 +234,8 @@ def verdict(ok: bool) -> str:
 
 
 def report(results: list[Result]) -> None:
+    import torch
+
     print(
         f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, numpy {np.__version__}"
@@ -230,9 +269,82 @@ def report(results: list[Result]) -> None:
         )
 
 
+def commit_runs(model: Model, prompt: tuple[int, ...], new: int, repeats: int) -> dict:
+    """CPUBackend generations recorded and unrecorded, alternating; the executors' seconds."""
+    from refute.kernels.cpu import CPUBackend
+
+    backend = CPUBackend()  # kernels at once; one backend, so weights are packed once
+    rec, plain = Executor(model, backend=backend), Executor(model, backend=backend, record=False)
+    for ex in (rec, plain):  # warm-up: pack the weights, load the kernels
+        ex.generate([Request(prompt, 2)])
+        ex.seconds = {"evaluate": 0.0, "commit": 0.0}
+    walls: dict[str, list[float]] = {"rec": [], "plain": []}
+    for _ in range(repeats):
+        for key, ex in (("rec", rec), ("plain", plain)):
+            start = time.perf_counter()
+            ex.generate([Request(prompt, new)])
+            walls[key].append(time.perf_counter() - start)
+    return {
+        "evaluate": rec.seconds["evaluate"],
+        "commit": rec.seconds["commit"],
+        "plain_evaluate": plain.seconds["evaluate"],
+        "wall_rec": min(walls["rec"]),
+        "wall_plain": min(walls["plain"]),
+    }
+
+
+def commitments(threads: list[int], repeats: int, new: int, big_new: int) -> None:
+    """Commitment cost on the CPU backend: tiny-llama, the demo checkpoint, a 134M Llama."""
+    import os
+
+    import numba
+
+    from refute.demo_model import DEMO_MODEL_DIR
+    from refute.engine.checkpoint import load_model
+
+    start = time.perf_counter()
+    models = [
+        ("tiny-llama", builtin_model("tiny-llama"), new),
+        ("demo", load_model(str(DEMO_MODEL_DIR)), new),
+        ("llama-134m", build("llama-134m", LLAMA_134M, random_weights(LLAMA_134M, 0)), big_new),
+    ]
+    print(f"models built in {time.perf_counter() - start:.1f} s", flush=True)
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
+        f"numba {numba.__version__}, load average {os.getloadavg()[0]:.2f} at start"
+    )
+    head = (
+        f"{'model':<11} {'params':>7} {'threads':>7} {'prompt+new':>10} {'evaluate s':>10} "
+        f"{'commit s':>9} {'commit/evaluate':>20} {'wall rec/plain':>14}"
+    )
+    print(head)
+    print("-" * len(head))
+    for name, model, n_new in models:
+        prompt = tuple(int(t) for t in np.arange(1, 9) * 7 % model.config.vocab_size)
+        for th in threads:
+            numba.set_num_threads(th)
+            r = commit_runs(model, prompt, n_new, repeats)
+            ratio = r["commit"] / r["evaluate"]
+            ok = "PASS" if ratio <= CPU_COMMIT_TARGET else "FAIL"
+            print(
+                f"{name:<11} {model.num_parameters / 1e6:6.1f}M {th:>7} "
+                f"{f'8+{n_new}':>10} {r['evaluate']:10.3f} {r['commit']:9.3f} "
+                f"{f'{ratio:6.1%} {ok}':>20} {r['wall_rec'] / r['wall_plain'] - 1:+13.1%}",
+                flush=True,
+            )
+    print(
+        f"target: commit_s / evaluate_s <= {CPU_COMMIT_TARGET:.0%} (summed over {repeats} "
+        "recorded runs); wall: best recorded run over best unrecorded run, minus 1. "
+        f"load average {os.getloadavg()[0]:.2f} at the end"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny-llama only")
+    parser.add_argument(
+        "--commitments", action="store_true", help="commitment cost on the CPU backend only"
+    )
     parser.add_argument("--prompt", type=int, default=8, help="prompt tokens")
     parser.add_argument("--new-tokens", type=int, default=16, help="new tokens, tiny-llama")
     parser.add_argument(
@@ -242,11 +354,18 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads (default 1: refute's numpy reference is single-threaded too)",
+        nargs="+",
+        default=None,
+        help="torch threads (default 1: refute's numpy reference is single-threaded too); "
+        "with --commitments, numba thread counts (default 1 2)",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.commitments:
+        commitments(args.threads or [1, 2], args.repeats, args.new_tokens, args.big_new_tokens)
+        return
+    import torch
+
+    torch.set_num_threads((args.threads or [1])[0])
     torch.manual_seed(0)
 
     results = [bench("tiny-llama", builtin_model("tiny-llama"), args.prompt, args.new_tokens, 5)]

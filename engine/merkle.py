@@ -205,6 +205,40 @@ _ZERO_CHUNK = np.zeros(_CHUNK_VALUES, dtype=np.float32)  # +0.0: all-zero bits, 
 _BIND_PREFIX: dict[int, bytes] = {}  # element count -> 0x02 || float32 || count
 
 
+def _trees(leaves: list[bytes], counts: list[int]) -> list[bytes]:
+    """`tree_root` of each run of `counts[j]` consecutive leaves, every tree a level at a time
+    together (one hashing loop per level rather than one call per tensor)."""
+    trees = [EMPTY] * len(counts)
+    todo: list[tuple[int, int, int]] = []  # (tree, first node, nodes) at this level
+    start = 0
+    for j, c in enumerate(counts):
+        if c == 1:
+            trees[j] = leaves[start]
+        elif c > 1:
+            todo.append((j, start, c))
+        start += c
+    level, h, sha = leaves, 0, hashlib.sha256
+    while todo:
+        flat: list[bytes] = []
+        above = []
+        for j, first, count in todo:
+            above.append((j, len(flat) // 2, (count + 1) // 2))
+            flat += level[first : first + count]
+            if count & 1:
+                flat.append(ZERO[h])
+        level = [
+            sha(TAG_NODE + a + b).digest() for a, b in zip(flat[0::2], flat[1::2], strict=True)
+        ]
+        h += 1
+        todo = []
+        for j, first, count in above:
+            if count == 1:
+                trees[j] = level[first]
+            else:
+                todo.append((j, first, count))
+    return trees
+
+
 def tensor_roots(tensors: Sequence[np.ndarray]) -> list[bytes]:
     """`tensor_root` of each tensor, computed together: what the executor commits per step.
 
@@ -239,11 +273,9 @@ def tensor_roots(tensors: Sequence[np.ndarray]) -> list[bytes]:
     leaves = [
         sha(TAG_LEAF + view[o : o + CHUNK_BYTES]).digest() for o in range(0, len(view), CHUNK_BYTES)
     ]
+    trees = _trees(leaves, [c for _, _, c in spans])
     prefixes = _BIND_PREFIX
-    c0 = 0
-    for i, n, c in spans:
-        tree = leaves[c0] if c == 1 else tree_root(leaves[c0 : c0 + c])
-        c0 += c
+    for (i, n, _), tree in zip(spans, trees, strict=True):
         prefix = prefixes.get(n)
         if prefix is None:
             prefix = prefixes[n] = TAG_TENSOR + bytes([DTYPE_F32]) + n.to_bytes(8, "big")
