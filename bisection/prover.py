@@ -98,17 +98,17 @@ class Prover(Player):
             claim_id = self.game.post_claim(
                 self.model, gen, sender=self.account, output_tokens=output_tokens
             )
-        self._record(claim_id, request, block, tokens, gen.trace.root(), key)
+        self._record(claim_id, request, block, tokens, gen.trace.root(), key, self.game.last_tx)
         self._side(claim_id, gen)
         return claim_id
 
     def _record(
         self, claim_id: int, request: Request, block: int, tokens: list[int], root: bytes,
-        key: str | None,
+        key: str | None, tx: str | None = None,
     ) -> None:  # fmt: skip
         self.store["claims"][str(claim_id)] = {
             "request": request_to_json(request), "block": block, "status": "pending",
-            "tokens": tokens, "trace_root": root.hex(), "key": key,
+            "tokens": tokens, "trace_root": root.hex(), "key": key, "tx": tx,
         }  # fmt: skip
         if key is not None and key in self.store["requests"]:
             self.store["requests"][key].update(status="served", claim=claim_id)
@@ -201,7 +201,8 @@ class Prover(Player):
             c = self.game.claim(int(cid))
             request = Request(tuple(decode_tokens(a["prompt"])), len(tokens),
                               bits_to_f32(a["temperature"]), int(a["seed"]))  # fmt: skip
-            self._record(int(cid), request, int(log["blockNumber"]), tokens, c.trace_root, key)
+            tx = "0x" + bytes(log["transactionHash"]).hex()
+            self._record(int(cid), request, int(log["blockNumber"]), tokens, c.trace_root, key, tx)
             if intent is not None:
                 self.store.update_intent(intent.id, state="done", result={"claim": int(cid)})
             self.note("claim.adopted", claim=int(cid), request=key)

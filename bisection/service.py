@@ -232,7 +232,7 @@ class Service:
             "claim.posted", claim=cid, request=info.get("key"), id=_rid(prover, info),
             tokens=info["tokens"],
             text=tokenizer.decode(info["tokens"]) if tokenizer is not None else None,
-            trace_root=c.trace_root, records=c.num_records, deadline=c.deadline,
+            trace_root=c.trace_root, records=c.num_records, deadline=c.deadline, tx=info.get("tx"),
         )  # fmt: skip
 
     def _log_outcomes(self, client: Challenger) -> bool:
