@@ -45,6 +45,15 @@ def _hash(block: Any) -> str:
     return "0x" + bytes(block["hash"]).hex()
 
 
+def remember_block(store: Store, number: int, block_hash: Any) -> None:
+    """Remember a block the client's own transaction was mined in (from its receipt), as a head
+    `reorg()` checks: a reorg replacing it before the client read past it is then seen too."""
+    heads = store.data.setdefault("heads", [])
+    if not heads or heads[-1][0] < number:
+        heads.append([number, "0x" + bytes(block_hash).hex()])
+        del heads[:-KEPT_HEADS]
+
+
 class ChainFollower:
     """The confirmed head, block cursors per event stream, and reorg detection for one store."""
 

@@ -36,6 +36,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from refute.bisection.follower import remember_block
 from refute.bisection.store import Intent, Store
 from refute.contracts.game import TX_GAS, GameClient, GameError, _revert_data, error_name
 from refute.errors import RefuteError
@@ -135,6 +136,7 @@ class TrackedGame(GameClient):
 
     def _close(self, intent: Intent, receipt: Any) -> None:
         ok = receipt["status"] == 1
+        remember_block(self.store, int(receipt["blockNumber"]), receipt["blockHash"])
         self.store.update_intent(
             intent.id, state="done" if ok else "failed",
             result={"block": int(receipt["blockNumber"]), "gas": int(receipt["gasUsed"]),
