@@ -38,6 +38,8 @@ from refute.engine.executor import Generation, Request
 from refute.errors import RefuteError
 
 SETTLED = ("match", "other-model", "closed")
+TOKEN_PROOF = 2**256 - 1
+"""The dispute id of a token proof's RewardShare event (the contract's NONE)."""
 
 
 class Challenger(Player):
@@ -241,6 +243,31 @@ class Challenger(Player):
                                       "block": int(log["blockNumber"]), "winner": None}  # fmt: skip
                 self.note("dispute.adopted", dispute=int(did), claim=cid)
         self.follower.advance("DisputeOpened", latest)
+        self._adopt_token_proofs(latest)
+
+    def _adopt_token_proofs(self, latest: int) -> None:
+        """Its accepted token proofs, from RewardShare events (dispute id NONE) for its account:
+        a crash after the proof was mined and before it was written down would otherwise leave
+        its reward share uncollected (`collect` pays the proofs in `moves`)."""
+        start = self.follower.cursor("RewardShare", self.first_block())
+        if start > latest:
+            return
+        event = self.game.game.events.RewardShare
+        for log in event.get_logs(from_block=start, to_block=latest,
+                                  argument_filters={"account": self.account}):  # fmt: skip
+            cid = int(log["args"]["claimId"])
+            if log["args"]["disputeId"] != TOKEN_PROOF or any(
+                m.get("fn") == "proveTokenMismatch" and m.get("claim") == cid
+                and not m.get("reverted") for m in self.moves
+            ):  # fmt: skip
+                continue
+            self.moves.append({"fn": "proveTokenMismatch", "claim": cid, "adopted": True,
+                               "block": int(log["blockNumber"]), "mover": self.account})  # fmt: skip
+            info = self.store["claims"].get(str(cid))
+            if info is not None:
+                info["acted"] = "proved"
+            self.note("proof.adopted", claim=cid)
+        self.follower.advance("RewardShare", latest)
 
     def _undo_after(self, fork: int) -> None:
         """Claims read from replaced blocks are read (and re-executed) again; its disputes from

@@ -363,6 +363,9 @@ class Service:
             if any(d.get("side") == "challenge" == d.get("winner") and not d.get("rewarded")
                    for d in client.disputes.values()):  # fmt: skip
                 return False  # its share of the claim bond is paid once the claim settles
+            if any(m.get("fn") == "proveTokenMismatch" and not m.get("reverted")
+                   and not m.get("rewarded") for m in client.moves):  # fmt: skip
+                return False  # so is the share a token proof earned
         return True
 
     def _tick(self) -> None:

@@ -36,6 +36,14 @@ def _service_options(role: str) -> Callable:
             "this process)",
         ),
         click.option(
+            "--rpc-timeout",
+            default=10.0,
+            show_default=True,
+            type=click.FloatRange(min=0.1),
+            help="seconds one JSON-RPC request may take before it counts as a node error "
+            "(retried with backoff)",
+        ),
+        click.option(
             "--game",
             "game_address",
             default=None,
@@ -222,7 +230,7 @@ def _open(role: str, opts: dict[str, Any]):
         stream = open(opts["log_file"], "a")
         atexit.register(stream.close)
     log = EventLog(stream, role, opts["log_format"])
-    w3 = connect(rpc)
+    w3 = connect(rpc, timeout=opts["rpc_timeout"])
     account = _account(w3, opts["account"], opts["key_env"])
     model = load_model(opts["model_ref"] or DEMO_MODEL_DIR)
     saved = state / Deployment.FILE
