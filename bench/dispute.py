@@ -387,7 +387,7 @@ class Synthetic7B:
             f32_bits(np.float32(gasbench.TEMPERATURE)), gasbench.SEED,
             encode_tokens(self.rng.integers(0, 32000, GENERATED)), trace_root, records,
         )  # fmt: skip
-        tx = {"from": self.accounts[CLAIM], "value": self.game.bonds[0]}
+        tx = {"from": self.accounts[CLAIM], "value": self.game.claim_value(prompt + GENERATED - 1)}
         estimate = int(f.estimate_gas(tx))
         if not send:
             return estimate

@@ -193,7 +193,9 @@ def _outcome(game, model, request, prompt_text, honest, cheater, watcher, honest
         "prompt_text": prompt_text, "temperature": request.temperature, "seed": request.seed,
         "claims": claims, "games": games, "watcher_opened": opened,
         "payouts_wei": payouts, "transcript": transcript,
-        "bonds_wei": {"claim": game.bonds[0], "challenge": game.bonds[1], "move": game.bonds[2]},
+        "bonds_wei": {"claim": game.bonds[0], "challenge": game.bonds[1], "move": game.bonds[2],
+                      "fee_per_position": game.fee_per_position},
+        "burned_wei": game.burned(),
     }  # fmt: skip
 
 

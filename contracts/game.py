@@ -76,7 +76,9 @@ class GameParams:
     window: int = 3600
     clock: int = 1800
     extension: int = 120
-    fee_per_position: int = 10**12
+    # non-refundable; 10**13 wei makes flooding tiny-llama watchers for W = 3600 s cost several
+    # times B_c (docs/protocol.md section 5: f > max(B_c, B_x) / (v * W))
+    fee_per_position: int = 10**13
     fee_recipient: str | None = None  # the watchers' fund; None: the deployer
 
 

@@ -257,7 +257,10 @@ def cheating_prover_game(w3: Web3, request: Request, cheat: Cheat, style: Style,
     assert cheater.status(cid) == "overturned"
     expect("ClaimNotPending", game.finalize, cid)
     moves = game.dispute(0).moves
-    assert watcher.collect() == B_X + B_C + moves * B
+    if pending_time(w3) < c.deadline:  # the reward is paid once the claim is settled (after W)
+        set_next_timestamp(w3, c.deadline)
+    # its bond, every move bond (the cheater's as the winning opener), the whole pool B_C / 2
+    assert watcher.collect() == B_X + B_C // 2 + moves * B
     assert settle_everything(game, acc[1:3]) == {acc[1]: 0, acc[2]: 0}
     return played
 
@@ -290,14 +293,9 @@ def lying_challenger_game(w3: Web3, request: Request, cheat: Cheat, style: Style
     moves = game.dispute(0).moves if played.lie else 0
     won = prover.collect()
     got = settle_everything(game, acc[1:3])
-    # the liar gets back at most the bond of its own last, uncountered move, and only as the
-    # caller of the step that proved it wrong (the step caller's fee, section 5)
-    assert got[acc[1]] == 0 and got[acc[2]] in (0, B)
-    if got[acc[2]]:
-        (v,) = game.events("StepVerified")
-        block = w3.eth.get_block(v["blockNumber"])
-        assert w3.eth.get_transaction(block["transactions"][0])["from"] == acc[2]
-    assert won + got[acc[2]] == B_C + (B_X + moves * B if played.lie else 0)
+    # the liar gets nothing back (draft 4: no step bounty; its bonds go to the claimant)
+    assert got == {acc[1]: 0, acc[2]: 0}
+    assert won == B_C + (B_X + moves * B if played.lie else 0)
     return played
 
 
@@ -894,13 +892,19 @@ class DisputeMachine(RuleBasedStateMachine):
 
     @invariant()
     def conservation(self) -> None:
-        """The game holds exactly the outstanding bonds and the credits (G5)."""
+        """The game holds exactly the outstanding bonds, the credits, the unpaid rewards and
+        what was burned (G5)."""
         if self.claim_id is None:
             return
         g = self.game
-        held = sum(g.credit(a) for a in self.acc[1:])  # (accounts[0] only deploys)
+        held = sum(g.credit(a) for a in self.acc) + g.burned()  # (accounts[0]: the fees)
         c = g.claim(self.claim_id)
-        held += B_C if c.status == ClaimStatus.PENDING else 0
+        if c.status == ClaimStatus.PENDING:
+            held += B_C
+        elif c.status == ClaimStatus.OVERTURNED:  # the reward pool, or what is left of it
+            unit = (B_C // 2) // c.wins
+            shares = sum(g.reward_shares(self.claim_id, a) for a in self.acc)
+            held += shares * unit if c.dust_burned else B_C // 2
         for did, d in enumerate(self._states()):
             if d.stage != Stage.RESOLVED:
                 held += B_X + d.moves * B

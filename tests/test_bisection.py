@@ -99,8 +99,10 @@ def test_cheating_prover_overturned(game, model, tmp_path, kind) -> None:
         assert (info["end"]["position"], info["end"]["node_id"]) == (t, n)
     moves = game.dispute(int(next(iter(watcher.disputes)))).moves
     assert cheater.collect() == 0
-    won = watcher.collect()
-    assert won == PARAMS.challenge_bond + PARAMS.claim_bond + moves * PARAMS.move_bond
+    won = watcher.collect()  # its bond and every move bond; the reward waits for the window
+    assert won == PARAMS.challenge_bond + moves * PARAMS.move_bond
+    past_window(game, cid)
+    assert watcher.collect() == PARAMS.claim_bond // 2  # the whole pool: one challenge
 
 
 def test_token_only_lie_proved_directly(game, model, tmp_path) -> None:
@@ -114,7 +116,10 @@ def test_token_only_lie_proved_directly(game, model, tmp_path) -> None:
     made = watcher.poll()
     assert watcher.verdict(cid) == "token-mismatch" and made[0]["fn"] == "proveTokenMismatch"
     assert game.claim(cid).status == ClaimStatus.OVERTURNED
-    assert watcher.collect() == PARAMS.claim_bond
+    assert [m["fn"] for m in watcher.moves] == ["proveTokenMismatch"]  # (after its commitment)
+    assert watcher.collect() == 0  # the share is paid once the claim is settled (after W)
+    past_window(game, cid)
+    assert watcher.collect() == PARAMS.claim_bond // 2
 
 
 def test_honest_prover_beats_lying_challenger(game, model, tmp_path) -> None:
@@ -177,7 +182,12 @@ def test_demo_json() -> None:
     assert g["winner"] == "challenge" and g["step"]["claim_correct"] is False
     assert g["moves"]["claim"] > 0 and g["gas"]["challenge"] > 0
     assert g["disputed"]["node"] == out["claims"][1]["tamper"]["node"]
-    assert out["payouts_wei"]["watcher"] > out["bonds_wei"]["claim"]
+    moves = g["moves"]["challenge"] + g["moves"]["claim"] - 1  # (the step is no move)
+    bonds = out["bonds_wei"]
+    assert out["payouts_wei"]["watcher"] == (
+        bonds["challenge"] + bonds["claim"] // 2 + moves * bonds["move"]
+    )
+    assert out["burned_wei"] == bonds["claim"] - bonds["claim"] // 2
     assert out["payouts_wei"]["cheating prover"] == 0
 
 
