@@ -91,7 +91,10 @@ class Service:
             except StoreError:
                 raise
             except Exception as exc:  # the node, a revert, a dropped answer: retried
-                busy |= self._report(k, client, [])
+                try:  # what it did before the error (reporting reads the chain too)
+                    busy |= self._report(k, client, [])
+                except Exception:  # the node again: the next round reports it
+                    pass
                 self._failed(client, exc)
                 ok = False
                 continue

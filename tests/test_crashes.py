@@ -154,7 +154,7 @@ def _wait_all(procs: list[Proc], step: Callable[[], None], limit: float = RUN_LI
         if all(p.done for p in procs if p.popen is not None) and all(p.popen for p in procs):
             return
         time.sleep(0.2)
-    pytest.fail("timed out: " + "; ".join(f"{p.args[0]}: {p.events()[-3:]}" for p in procs))
+    pytest.fail("timed out: " + "; ".join(f"{p.args[:1]}: {p.events()[-3:]}" for p in procs))
 
 
 def jump_past_window(w3: Web3) -> None:
