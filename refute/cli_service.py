@@ -289,6 +289,22 @@ def _open(role: str, opts: dict[str, Any]):
     return game, model, account, log, state, deployment
 
 
+def _node_error(exc: Exception) -> bool:
+    """Whether `exc` came from the node (a connection, a timeout, an HTTP or JSON-RPC error): before
+    the loop runs (connecting, deploying, registering, resuming) it ends the process with a clear
+    error instead of a traceback; the loop itself retries them."""
+    from web3.exceptions import Web3Exception
+
+    return isinstance(exc, OSError | Web3Exception) and not isinstance(exc, click.ClickException)
+
+
+def _node_failure(exc: Exception) -> click.ClickException:
+    return click.ClickException(
+        f"the node failed while starting ({type(exc).__name__}: {str(exc)[:300]}); start again "
+        "(the state directory is kept)"
+    )
+
+
 def _worker(opts: dict[str, Any]):
     from refute.bisection.workers import ModelWorker
 
@@ -471,6 +487,10 @@ def prove(
         _run(service, opts, model, prover.executor)
     except RefuteError as exc:
         raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        if not _node_error(exc):
+            raise
+        raise _node_failure(exc) from exc
     finally:
         for source in sources:
             source.close()
@@ -528,3 +548,7 @@ def watch(from_block, lie, **opts) -> None:
              watcher.executor)  # fmt: skip
     except RefuteError as exc:
         raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        if not _node_error(exc):
+            raise
+        raise _node_failure(exc) from exc

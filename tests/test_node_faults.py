@@ -183,3 +183,25 @@ def test_processes_survive_a_faulty_node(node: Web3, proxy: RpcProxy, tmp_path: 
     dropped = [e for e in wl if e["event"] == "intent.closed" and e["state"] == "dropped"]
     assert dropped  # the send the node never saw: re-sent after its nonce was found unused
     assert os.path.getsize(requests) > 0
+
+
+@pytest.mark.parametrize("fault", ["rpc_error", "http_error", "drop"])
+def test_a_node_failing_at_start_up_is_a_clear_error(
+    node: Web3,  # noqa: F811
+    proxy: RpcProxy,
+    tmp_path: Path,
+    fault: str,
+) -> None:
+    """Before the loop runs (connecting, deploying, registering, resuming), a node error ends the
+    process with a message saying so, not a traceback; the state directory stays usable."""
+    from click.testing import CliRunner
+
+    from refute.cli import main
+
+    getattr(proxy, fault)(method="eth_accounts", times=None)
+    args = ["watch", "--rpc", proxy.url, "--model", "tiny-llama", "--state", str(tmp_path),
+            "--rpc-timeout", "2", "--game", "0x" + "11" * 20]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "the node failed while starting" in result.output
+    assert "Traceback" not in result.output
