@@ -29,6 +29,7 @@ from refute.engine import ir, merkle, steps
 from refute.engine.executor import Executor, Generation
 from refute.engine.ir import Op, Reducer, Src
 from refute.engine.model import Model
+from refute.engine.weights import widen
 from refute.errors import RefuteError
 
 KIND_ELEMENT, KIND_LEAF, KIND_TREE = 0, 1, 2
@@ -112,7 +113,8 @@ class StepProver:
         self.trace_tree = ListTree(gen.trace.leaves())
         self.node_abi = [ir.node_abi(n) for n in self.program.nodes]
         self._outputs: dict[int, list[np.ndarray]] = {}
-        self._flat_weights = [np.ascontiguousarray(w).reshape(-1) for w in model.weights]
+        # at their stored width; a bf16/fp16 weight is widened (exactly) where it is opened
+        self._flat_weights = [w.reshape(-1) for w in model.weights]
         self.prompt = np.asarray(self.request.prompt, dtype=np.uint32)
         if self.program_tree.root() != model.program_root:
             raise StepError("program tree does not match the model's program root")
@@ -164,7 +166,7 @@ class StepProver:
 
     def weight_source(self, w: int, flat: int) -> tuple:
         spec = self.program.weights[w]
-        ep = merkle.prove_element(self._flat_weights[w], flat)
+        ep = merkle.prove_element(widen(self._flat_weights[w]), flat)
         return (
             self.model.tensor_roots[w],
             self.weight_tree.proof(w),
@@ -208,7 +210,7 @@ class StepProver:
             if op.src == Src.CONST:
                 return np.array([op.index], dtype=np.uint32).view(np.float32)[0]
             if op.src == Src.WEIGHT:
-                return self._flat_weights[op.index][flat]
+                return widen(self._flat_weights[op.index][flat : flat + 1])[0]
             return self.outputs(t)[op.index][flat]
 
         return read

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src
+from refute.engine.weights import is_narrow, widen
 from refute.kernels import reference as ref
 
 FUNCTIONS: dict[Fn, Callable[..., np.ndarray]] = {
@@ -99,9 +100,10 @@ def strided(
     if 0 in dims:
         return np.empty(dims, dtype=source.dtype)
     item = source.itemsize
-    return as_strided(
+    view = as_strided(
         source[base:], dims, tuple(s * item for s in operand.strides), writeable=False
     )
+    return widen(view) if is_narrow(source) else view  # a bf16/fp16 weight, exactly
 
 
 def _reduce(reducer: Reducer, term: np.ndarray) -> np.ndarray:

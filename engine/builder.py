@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src, T, WeightSpec
+from refute.engine.weights import admit
 from refute.errors import ProgramError
 
 
@@ -77,7 +78,7 @@ class ProgramBuilder:
     # --- tensors ---------------------------------------------------------------------------
 
     def weight(self, name: str, value: np.ndarray) -> Ref:
-        value = np.ascontiguousarray(value, dtype=np.float32)
+        value = admit(value)  # float32, bf16 or fp16 as stored (engine/weights.py)
         self.weight_specs.append(WeightSpec(name, tuple(value.shape)))
         self.weight_values.append(value)
         return Ref(Src.WEIGHT, len(self.weight_specs) - 1, tuple(value.shape))
@@ -246,9 +247,15 @@ class ProgramBuilder:
         scale: float,
         scale_fn: Fn,
         q_offset: int = 0,
+        softcap: float = 0.0,
+        mask: Ref | None = None,
     ) -> Ref:
         """softmax(q k^T * scale) v over the positions so far, grouped-query: head h reads
-        kv head h // (heads / kv_heads). Scores are [T, G, rep] so T stays outermost."""
+        kv head h // (heads / kv_heads). Scores are [T, G, rep] so T stays outermost.
+
+        With `softcap`, the scaled scores become cap * tanh(scores / cap) (Gemma 2); with
+        `mask` (a [max_positions] table indexed by t - j, see models.window_mask), it is added
+        next, as transformers adds its attention mask: a sliding window is one MAP(ADD)."""
         g, rep, hd = kv_heads, heads // kv_heads, head_dim
         s_shape = (T, g, rep)
         scores = self.reduce(
@@ -263,6 +270,12 @@ class ProgramBuilder:
         scaled = self.map(
             f"{name}.scaled", scale_fn, s_shape, scores.whole(), const(scale).broadcast(s_shape)
         )
+        if softcap:
+            scaled = self.softcap(f"{name}.softcap", scaled, softcap)
+        if mask is not None:  # mask[t - j]: t_stride 1, stride -1 on the key index j
+            scaled = self.map(
+                f"{name}.window", Fn.ADD, s_shape, scaled.whole(), mask.read(-1, 0, 0, t_stride=1)
+            )
         s_by_row = scaled.read(rep, 1, g * rep)  # (g, r, k=j)
         m = self.reduce(f"{name}.max", Reducer.MAX, Fn.COPY, (g, rep), T, s_by_row)
         d = self.map(f"{name}.shift", Fn.SUB, s_shape, scaled.whole(), m.read(0, rep, 1))
@@ -278,6 +291,14 @@ class ProgramBuilder:
             p.read(rep, 1, 0, g * rep),
             v_cache.read(hd, 0, 1, g * hd),
         )
+
+    def softcap(self, name: str, x: Ref, cap: float) -> Ref:
+        """cap * tanh(x / cap), elementwise, in transformers' order: three spec functions (DIV,
+        TANH, MUL) with the cap a CONST, so no new scalar function is needed."""
+        c = const(cap)
+        divided = self.map(f"{name}.div", Fn.DIV, x.shape, x.whole(), c.broadcast(x.shape))
+        tanh = self.map(f"{name}.tanh", Fn.TANH, x.shape, divided.whole())
+        return self.map(name, Fn.MUL, x.shape, tanh.whole(), c.broadcast(x.shape))
 
     def sample(self, name: str, logits: Ref) -> Ref:
         (v,) = logits.shape

@@ -1,24 +1,26 @@
 """Load models: built-in random-init tiny models by name, or Hugging Face checkpoint directories.
 
 A checkpoint directory holds config.json and model.safetensors (or shards listed in
-model.safetensors.index.json), with bf16, fp16 or fp32 weights; all are widened exactly to
-float32 (docs/spec.md §3). A tokenizer.json, when present, is loaded with `tokenizers`.
+model.safetensors.index.json), with bf16, fp16 or fp32 weights, memory-mapped and kept at their
+stored width (`engine.weights`; widened exactly, docs/spec.md §3, where they are read). A
+tokenizer.json, when present, is loaded with `tokenizers`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
-import safetensors
 
+from refute.engine import weights as wt
 from refute.engine.model import Model
 from refute.engine.models import ROPE_TYPES, GPT2Config, LlamaConfig, build_gpt2, build_llama
 from refute.errors import ModelLoadError
-from refute.kernels import reference as ref
 
 TINY_LLAMA = LlamaConfig(
     vocab_size=320,
@@ -131,7 +133,8 @@ checkpoint allows fewer). The program's max_positions is committed (program head
 bounds every claim on chain, and the RoPE tables are that many rows: a checkpoint declaring 1M
 positions must not cost 1M rows unless they are asked for."""
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+GEMMA = ("gemma", "gemma2", "gemma3_text")
 SUPPORTED = (*LLAMA_FAMILY, "gpt2")
 
 
@@ -245,24 +248,42 @@ def rope_config(hf: dict, head_dim: int, max_positions: int) -> dict:
     return out
 
 
-def sliding_window(hf: dict) -> int | None:
-    """The attention window of a config, if any layer uses one, as transformers reads it:
-    Mistral's `sliding_window`; Qwen's only with `use_sliding_window`, on the layers that
-    `layer_types` (or `max_window_layers`) mark sliding."""
+def sliding_window(hf: dict) -> tuple[int | None, tuple[int, ...]]:
+    """The attention window W of a config (None: none) and the layers that use it, as
+    transformers reads them: Mistral's and Phi-3's `sliding_window` on every layer; Qwen's only
+    with `use_sliding_window`, on the layers that `layer_types` (or `max_window_layers`) mark
+    sliding; Gemma 2's and 3's on the layers `layer_types` marks sliding (by default every
+    other layer for Gemma 2, five of every six for Gemma 3: `sliding_window_pattern`)."""
     kind = hf.get("model_type")
-    if kind == "mistral":
-        return hf.get("sliding_window")
-    if kind in ("qwen2", "qwen3"):
+    layers = hf.get("num_hidden_layers", 0)
+    if kind in ("mistral", "phi3"):
+        window, types = hf.get("sliding_window"), ["sliding_attention"] * layers
+    elif kind in ("qwen2", "qwen3"):
         window = hf.get("sliding_window", 4096)
-        if not hf.get("use_sliding_window", False) or window is None:
-            return None
-        layers = hf.get("num_hidden_layers", 0)
+        if not hf.get("use_sliding_window", False):
+            return None, ()
         types = hf.get("layer_types") or [
             "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
             for i in range(layers)
         ]
-        return window if "sliding_attention" in types else None
-    return None
+    elif kind in ("gemma2", "gemma3_text"):
+        window = hf.get("sliding_window", 4096)
+        pattern = 2 if kind == "gemma2" else hf.get("sliding_window_pattern", 6)
+        types = hf.get("layer_types") or [
+            "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)
+        ]
+    else:
+        return None, ()
+    unknown = sorted(set(types) - {"sliding_attention", "full_attention"})
+    if unknown or len(types) != layers:
+        raise ModelLoadError(
+            f"config.json's layer_types must name sliding_attention or full_attention for each "
+            f"of its {layers} layers, not {types!r}"
+        )
+    bad = isinstance(window, bool) or not isinstance(window, int) or window < 1
+    if window is not None and bad:
+        raise ModelLoadError(f"config.json sets sliding_window={window!r}: a positive integer")
+    return window, tuple(i for i, t in enumerate(types) if t == "sliding_attention")
 
 
 def choose_context(
@@ -298,20 +319,75 @@ def choose_context(
     return limit, note
 
 
-def _window_cap(window: int) -> tuple[int, str]:
-    return window, (
-        f"the sliding window of {window} positions (sliding_window={window} in config.json): "
-        "refute computes full attention, which equals sliding-window attention only within the "
-        "window"
-    )
-
-
 def _longrope_cap(original: int) -> tuple[int, str]:
     return original, (
         f"longrope's original_max_position_embeddings={original}: beyond it transformers "
         "switches every position to long_factor by the length of the sequence, which a table of "
         "one row per position cannot express"
     )
+
+
+def _gemma3_rope(hf: dict, head_dim: int, declared: int) -> tuple[dict, float]:
+    """Gemma 3's two RoPEs: the global layers' (any supported type; in the older spelling
+    `rope_theta` and `rope_scaling`), and the sliding layers' default RoPE with its own base
+    (`rope_parameters.sliding_attention.rope_theta`, older `rope_local_base_freq`)."""
+    params = hf.get("rope_parameters")
+    if isinstance(params, dict) and {"full_attention", "sliding_attention"} & set(params):
+        unknown = sorted(set(params) - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise ModelLoadError(f"config.json sets RoPE parameters for unknown layers: {unknown}")
+        full = dict(params.get("full_attention") or {})
+        local = dict(params.get("sliding_attention") or {})
+    else:
+        full = dict(hf.get("rope_scaling") or params or {})
+        local = {}
+    full.setdefault("rope_theta", hf.get("rope_theta", 1_000_000.0))
+    local.setdefault("rope_theta", hf.get("rope_local_base_freq", 10_000.0))
+    local_kind = local.get("rope_type") or local.get("type") or "default"
+    if local_kind != "default" or set(local) - {"rope_type", "type", "rope_theta"}:
+        raise ModelLoadError(
+            f"the sliding layers' RoPE must be the default one with a rope_theta, not {local!r}"
+        )
+    original = hf.get("original_max_position_embeddings")
+    global_rope = rope_config(
+        {"rope_parameters": full, "original_max_position_embeddings": original},
+        head_dim,
+        declared,
+    )
+    return global_rope, float(local["rope_theta"])
+
+
+def _phi3_rope(hf: dict) -> dict:
+    """Phi-3 reads the RoPE types `su` and `yarn` as `longrope` (transformers' Phi3Config)."""
+    for key in ("rope_scaling", "rope_parameters"):
+        params = hf.get(key)
+        if isinstance(params, dict) and (params.get("rope_type") or params.get("type")) in (
+            "su",
+            "yarn",
+        ):
+            renamed = {k: v for k, v in params.items() if k != "type"} | {"rope_type": "longrope"}
+            hf = {**hf, key: renamed}
+    return hf
+
+
+def _gemma_fields(hf: dict, kind: str) -> dict:
+    """The LlamaConfig fields of Gemma 1, 2 and 3 (transformers' modeling_gemma*.py)."""
+    fields = dict(
+        norm_plus_one=True,
+        # transformers: torch.tensor(hidden_size**0.5), a binary32 in the fp32 forward
+        embed_scale=float(np.float32(float(hf["hidden_size"]) ** 0.5)),
+        mlp_act="gelu_tanh",
+    )
+    if kind in ("gemma2", "gemma3_text"):
+        final = hf.get("final_logit_softcapping", 30.0 if kind == "gemma2" else None)
+        fields |= dict(
+            sandwich_norms=True,
+            attn_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5,
+            final_softcap=float(final or 0.0),
+        )
+    if kind == "gemma2":  # Gemma 3's attention ignores attn_logit_softcapping, as transformers'
+        fields["attn_softcap"] = float(hf.get("attn_logit_softcapping", 50.0) or 0.0)
+    return fields
 
 
 def config_from_hf(hf: dict, context: int | None = None) -> tuple[LlamaConfig | GPT2Config, str]:
@@ -334,13 +410,15 @@ def config_from_hf(hf: dict, context: int | None = None) -> tuple[LlamaConfig | 
                 ln_eps=hf.get("layer_norm_epsilon", 1e-5),
             ), note
         heads = hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or (128 if kind == "qwen3" else hf["hidden_size"] // heads)
+        default_head_dim = {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256}
+        head_dim = hf.get("head_dim") or default_head_dim.get(kind, hf["hidden_size"] // heads)
         declared = hf["max_position_embeddings"]
-        rope = rope_config(hf, head_dim, declared)
+        extra: dict = {}
+        if kind == "gemma3_text":
+            rope, local_theta = _gemma3_rope(hf, head_dim, declared)
+        else:
+            rope = rope_config(_phi3_rope(hf) if kind == "phi3" else hf, head_dim, declared)
         caps = []
-        window = sliding_window(hf)
-        if window is not None:
-            caps.append(_window_cap(window))
         if rope["rope_type"] == "longrope":
             caps.append(
                 _longrope_cap(dict(rope["rope_scaling"])["original_max_position_embeddings"])
@@ -348,7 +426,24 @@ def config_from_hf(hf: dict, context: int | None = None) -> tuple[LlamaConfig | 
         max_positions, note = choose_context(
             declared, "max_position_embeddings", context, tuple(caps)
         )
-        attention_bias = kind in ("llama", "qwen3") and bool(hf.get("attention_bias", False))
+        window, sliding = sliding_window(hf)
+        # keys t - W + 1 .. t on the sliding layers (docs/models.md). A window spanning the
+        # context is full attention, exactly; then only Gemma 3, whose sliding layers have
+        # their own RoPE, needs to know which layers slide.
+        masked = window is not None and window < max_positions
+        if sliding and (masked or kind == "gemma3_text"):
+            extra["sliding_layers"] = sliding
+            if masked:
+                extra["sliding_window"] = window
+            if kind == "gemma3_text":
+                extra["local_rope_theta"] = local_theta
+        if kind in GEMMA:
+            extra |= _gemma_fields(hf, kind)
+        if kind == "phi3":
+            extra |= dict(fused_qkv=True, fused_gate_up=True)
+        attention_bias = kind in ("llama", "qwen3", *GEMMA) and bool(
+            hf.get("attention_bias", False)
+        )
         return LlamaConfig(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -359,12 +454,13 @@ def config_from_hf(hf: dict, context: int | None = None) -> tuple[LlamaConfig | 
             head_dim=head_dim,
             max_positions=max_positions,
             rms_eps=hf.get("rms_norm_eps", 1e-6),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", kind in GEMMA)),
             qkv_bias=kind == "qwen2" or attention_bias,
             o_bias=kind != "qwen2" and attention_bias,
             mlp_bias=kind == "llama" and bool(hf.get("mlp_bias", False)),
-            qk_norm=kind == "qwen3",
+            qk_norm=kind in ("qwen3", "gemma3_text"),
             **rope,
+            **extra,
         ), note
     except KeyError as exc:
         raise ModelLoadError(f"config.json lacks {exc.args[0]!r}") from exc
@@ -374,6 +470,8 @@ def config_from_hf(hf: dict, context: int | None = None) -> tuple[LlamaConfig | 
 # models.py do not implement: a checkpoint using them is refused rather than silently run with
 # the default behaviour (each was measured to change the logits). (key, default, supported values)
 _ACT = ("hidden_act", "silu", ("silu", "swish"))
+_GEMMA_ACT = ("hidden_activation", "gelu_pytorch_tanh", ("gelu_pytorch_tanh", "gelu_new"))
+_BIDIRECTIONAL = ("use_bidirectional_attention", False, (False, None))
 _UNSUPPORTED_OPTIONS = {
     # transformers reads attention_bias only for Llama and Qwen3 and mlp_bias only for Llama
     # (Qwen2's q, k, v biases are always there); the others ignore such keys, and so does refute
@@ -381,6 +479,15 @@ _UNSUPPORTED_OPTIONS = {
     "mistral": (_ACT,),
     "qwen2": (_ACT,),
     "qwen3": (_ACT,),
+    "phi3": (_ACT,),
+    # transformers' Gemma reads hidden_act ("gelu" meaning the tanh form, as its config says);
+    # Gemma 2 and 3 read hidden_activation, where "gelu" is the exact (erf) GELU
+    "gemma": (
+        ("hidden_act", "gelu_pytorch_tanh", ("gelu", "gelu_pytorch_tanh", "gelu_new")),
+        _BIDIRECTIONAL,
+    ),
+    "gemma2": (_GEMMA_ACT, _BIDIRECTIONAL),
+    "gemma3_text": (_GEMMA_ACT, _BIDIRECTIONAL),
     "gpt2": (
         ("activation_function", "gelu_new", ("gelu_new", "gelu_pytorch_tanh")),
         ("scale_attn_weights", True, (True,)),
@@ -402,35 +509,78 @@ def _check_options(hf: dict) -> None:
 
 # --- safetensors ------------------------------------------------------------------------------
 
-
-def _to_f32(name: str, info: dict) -> np.ndarray:
-    dtype, shape, data = info["dtype"], info["shape"], info["data"]
-    if dtype == "F32":
-        values = np.frombuffer(data, "<f4").astype(np.float32)
-    elif dtype == "F16":
-        values = ref.from_fp16(np.frombuffer(data, "<u2"))
-    elif dtype == "BF16":
-        values = ref.from_bf16(np.frombuffer(data, "<u2"))
-    else:
-        raise ModelLoadError(f"tensor {name!r} has dtype {dtype}; supported: F32, F16, BF16")
-    return values.reshape(shape)
+_DTYPES = {"F32": wt.F32, "BF16": wt.BF16, "F16": wt.F16}
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 
 
 class Tensors(Mapping):
-    """A checkpoint's tensors by name, widened to float32 when read: tensors a program does not
-    use (GPT-2's stored attention masks, say) are never converted, whatever their dtype."""
+    """A checkpoint's tensors by name, memory-mapped at their stored width (float32, bfloat16,
+    float16) and never widened here: consumers widen exactly as they read (`engine.weights`).
 
-    def __init__(self, infos: dict[str, dict]) -> None:
+    Each file is mapped once, read-only and shared (`mmap.ACCESS_READ`), so the pages are the
+    page cache's: processes that load one checkpoint hold one copy of it. Tensors a program does
+    not use (GPT-2's stored attention masks, say) are never touched, whatever their dtype."""
+
+    def __init__(self, infos: dict[str, tuple[Path, mmap.mmap, str, list[int], int, int]]) -> None:
         self.infos = infos
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return _to_f32(name, self.infos[name])
+        file, buf, dtype, shape, begin, end = self.infos[name]
+        if dtype not in _DTYPES:
+            raise ModelLoadError(
+                f"tensor {name!r} has dtype {dtype}; supported: {', '.join(_DTYPES)}"
+            )
+        dt = _DTYPES[dtype]
+        count = math.prod(shape)
+        if end - begin != count * dt.itemsize:
+            raise ModelLoadError(
+                f"{file}: tensor {name!r} of shape {shape} and dtype {dtype} spans "
+                f"{end - begin} bytes"
+            )
+        values = np.frombuffer(buf, dtype=dt.newbyteorder("<"), count=count, offset=begin)
+        if not values.flags.aligned:  # safetensors does not promise aligned offsets
+            values = values.copy()
+        return values.reshape(shape)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.infos)
 
     def __len__(self) -> int:
         return len(self.infos)
+
+
+def _map_file(file: Path) -> dict[str, tuple[Path, mmap.mmap, str, list[int], int, int]]:
+    """The tensors of one safetensors file (8-byte little-endian header length, a JSON header
+    of name -> dtype, shape, data_offsets, then the data), over one shared read-only map."""
+    try:
+        with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelLoadError(f"cannot read {file}: too short for a safetensors file")
+            n = int.from_bytes(head, "little")
+            if n > min(_MAX_HEADER, size - 8):
+                raise ModelLoadError(f"cannot read {file}: header of {n} bytes")
+            header = json.loads(f.read(n))
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        raise ModelLoadError(f"cannot read {file}: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"cannot read {file}: its header is not a JSON object")
+    start = 8 + n
+    infos = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape = str(info["dtype"]), [int(d) for d in info["shape"]]
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read {file}: bad entry for {name!r}") from exc
+        if not 0 <= begin <= end <= size - start or any(d < 0 for d in shape):
+            raise ModelLoadError(f"cannot read {file}: tensor {name!r} lies outside the file")
+        infos[name] = (file, buf, dtype, shape, start + begin, start + end)
+    return infos
 
 
 def read_safetensors(directory: Path) -> Tensors:
@@ -444,13 +594,9 @@ def read_safetensors(directory: Path) -> Tensors:
         files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"no .safetensors files in {directory}")
-    infos: dict[str, dict] = {}
+    infos: dict = {}
     for file in files:
-        try:
-            tensors = safetensors.deserialize(file.read_bytes())
-        except (OSError, safetensors.SafetensorError) as exc:
-            raise ModelLoadError(f"cannot read {file}: {exc}") from exc
-        infos.update(tensors)
+        infos.update(_map_file(file))
     return Tensors(infos)
 
 

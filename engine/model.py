@@ -20,11 +20,27 @@ from eth_abi import encode as abi_encode
 from refute.engine import merkle
 from refute.engine.ir import Program
 from refute.engine.models import Config, config_dict
-from refute.kernels.reference import SPEC_VERSION, canonicalize
+from refute.engine.weights import admit, is_narrow, widen, widened_blocks
+from refute.kernels.reference import SPEC_VERSION
 
 
 def weight_leaf(name: str, shape: tuple[int, ...], root: bytes) -> bytes:
     return merkle.sha256(b"\x11", abi_encode(["string", "uint64[]"], [name, list(shape)]), root)
+
+
+_WIDEN_BLOCK = 1 << 24  # values widened and hashed at a time (64 MiB of binary32; chunk-aligned)
+
+
+def weight_root(w: np.ndarray) -> bytes:
+    """The tensor root of a weight's binary32 values (docs/commitments.md), whatever its stored
+    width: a bf16/fp16 weight is widened a block at a time and its chunks hashed as they come,
+    so the widened tensor never exists whole."""
+    if not is_narrow(w) or w.size <= _WIDEN_BLOCK:
+        return merkle.tensor_root(widen(w))
+    leaves: list[bytes] = []
+    for block in widened_blocks(w, _WIDEN_BLOCK):
+        leaves += merkle.chunk_leaves(memoryview(block).cast("B"))
+    return merkle.bind_tensor(merkle.DTYPE_F32, w.size, merkle.tree_root(leaves))
 
 
 @dataclass
@@ -38,8 +54,9 @@ class Model:
     _tensor_roots: list[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        # committed data holds only the canonical NaN
-        self.weights = [np.ascontiguousarray(canonicalize(w)) for w in self.weights]
+        # at their stored width (a memory map stays one); committed data holds only the
+        # canonical NaN (engine/weights.py)
+        self.weights = [admit(w) for w in self.weights]
 
     @property
     def config_json(self) -> str:
@@ -52,7 +69,7 @@ class Model:
     @property
     def tensor_roots(self) -> list[bytes]:
         if self._tensor_roots is None:
-            self._tensor_roots = [merkle.tensor_root(w) for w in self.weights]
+            self._tensor_roots = [weight_root(w) for w in self.weights]
         return self._tensor_roots
 
     @cached_property
@@ -92,3 +109,8 @@ class Model:
     @property
     def num_parameters(self) -> int:
         return int(sum(w.size for w in self.weights))
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes the weights occupy as held (stored width)."""
+        return int(sum(w.nbytes for w in self.weights))

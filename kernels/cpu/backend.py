@@ -35,6 +35,7 @@ import numpy as np
 from refute.engine.backend import FUNCTIONS, Backend, ReferenceBackend, Row, index_dims, strided
 from refute.engine.builder import row_major
 from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src
+from refute.engine.weights import widen
 
 if TYPE_CHECKING:
     from refute.kernels.cpu.tree_dot import PackedWeight
@@ -239,7 +240,7 @@ class CPUBackend:
             return source[0]
         if op.strides == row_major(dims):
             base = op.offset + op.t_stride * row.position + op.token_stride * row.token
-            return source[base : base + size]
+            return widen(source[base : base + size])  # a bf16/fp16 weight: exactly
         return strided(source, op, dims, row.position, row.token).reshape(-1)
 
     def _map_row(
@@ -270,7 +271,8 @@ class CPUBackend:
         return tree_sum(np.broadcast_to(terms, dims)).reshape(-1)
 
     def packed(self, source: np.ndarray, plan: DotPlan) -> PackedWeight:
-        """The weight's panels, packed on first use and kept (weights are immutable)."""
+        """The weight's panels, packed on first use and kept (weights are immutable); a bf16
+        weight stays 16-bit in its panels (`tree_dot.pack`)."""
         key = (id(source), plan.w_offset, plan.transposed, plan.k, plan.n)
         hit = self._packed.get(key)
         if hit is not None and hit[0] is source:

@@ -32,13 +32,16 @@ from __future__ import annotations
 
 import math
 import threading
-import types
+import types as pytypes
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
+from refute.engine.weights import BF16, is_narrow, widen
 from refute.kernels import reference as ref
 
 LANES = 16
@@ -49,6 +52,7 @@ BLOCK = 8
 
 _MAX_LEVELS = 64
 _F32 = np.float32
+_JIT_INLINE = {"fastmath": False, "cache": True, "nogil": True, "error_model": "numpy"}
 
 
 def _pow2_ceil(n: int) -> int:
@@ -57,7 +61,8 @@ def _pow2_ceil(n: int) -> int:
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """A weight matrix re-laid out for the fused kernels: panels [N/LANES, Kp, LANES]."""
+    """A weight matrix re-laid out for the fused kernels: panels [N/LANES, Kp, LANES] of float32,
+    or of bf16 bit patterns (uint16)."""
 
     panels: np.ndarray
     k: int
@@ -67,15 +72,22 @@ class PackedWeight:
 def pack(w: np.ndarray, transposed: bool = False) -> PackedWeight:
     """Re-lay out a weight once (at load time) so the kernels stream it contiguously.
 
-    `w` is [N, K] (torch Linear, `transposed=False`) or [K, N] (GPT-2 Conv1D, `transposed=True`).
+    float32 weights give float32 panels; bf16 weights give panels of their 16-bit patterns
+    (half the bytes to stream; the kernels widen each exactly, docs/spec.md `from_bf16`); fp16
+    weights are widened to float32 panels. `w` is [N, K] (torch Linear, `transposed=False`)
+    or [K, N] (GPT-2 Conv1D, `transposed=True`).
     """
-    w = np.asarray(w, dtype=_F32)
+    w = np.asarray(w)
+    if w.dtype == BF16:  # panels of bf16 bits, widened in-register by the kernels
+        w = w.view(np.uint16)
+    elif w.dtype != np.uint16:  # fp16: widened here (no in-register fp16 path yet)
+        w = widen(w) if is_narrow(w) else np.asarray(w, dtype=_F32)
     if w.ndim != 2:
         raise ValueError(f"pack needs a matrix, got shape {w.shape}")
     k, n = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
     kp = max(BLOCK, -(-k // BLOCK) * BLOCK)
     blocks = -(-n // LANES)
-    panels = np.zeros((blocks, kp, LANES), dtype=_F32)
+    panels = np.zeros((blocks, kp, LANES), dtype=w.dtype)  # +0 padding either way
     if transposed:
         full = n // LANES
         if full:
@@ -89,6 +101,42 @@ def pack(w: np.ndarray, transposed: bool = False) -> PackedWeight:
         if n % LANES:
             panels[full, :k, : n % LANES] = w[full * LANES :].T
     return PackedWeight(panels, k, n)
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):  # pragma: no cover - compiled
+    """The binary32 whose bits are the uint32 `bits` (a register move, no conversion)."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+def _ld(panels, j, k, lane):  # pragma: no cover - replaced by the overload below
+    raise NotImplementedError
+
+
+@overload(_ld, inline="always")
+def _ld_impl(panels, j, k, lane):
+    """A weight as binary32: float32 panels as they are; bf16 panels (uint16 bits) widened
+    exactly in-register (`from_bf16`: a 16-bit shift; stored NaNs are already canonical)."""
+    if panels.dtype == types.float32:
+        return lambda panels, j, k, lane: panels[j, k, lane]
+    if panels.dtype == types.uint16:
+        return lambda panels, j, k, lane: _f32_from_bits(np.uint32(panels[j, k, lane]) << 16)
+    return None
+
+
+@njit(inline="always", **_JIT_INLINE)
+def _block(x, m, k0, panels, j, lane):  # pragma: no cover - compiled
+    """The aligned 8-subtree ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)) of row m, lane `lane`."""
+    t01 = x[m, k0] * _ld(panels, j, k0, lane) + x[m, k0 + 1] * _ld(panels, j, k0 + 1, lane)
+    t23 = x[m, k0 + 2] * _ld(panels, j, k0 + 2, lane) + x[m, k0 + 3] * _ld(panels, j, k0 + 3, lane)
+    t45 = x[m, k0 + 4] * _ld(panels, j, k0 + 4, lane) + x[m, k0 + 5] * _ld(panels, j, k0 + 5, lane)
+    t67 = x[m, k0 + 6] * _ld(panels, j, k0 + 6, lane) + x[m, k0 + 7] * _ld(panels, j, k0 + 7, lane)
+    return (t01 + t23) + (t45 + t67)
 
 
 def _fold(stack, s, r, nblocks, top, width, out, m, base, lanes):  # pragma: no cover
@@ -166,10 +214,10 @@ def _gemm_panels(x, panels, k, n, out):  # pragma: no cover - compiled
                     x[m + 3, k0 + 7],
                 )
                 for lane in range(16):
-                    w0, w1 = panels[j, k0, lane], panels[j, k0 + 1, lane]
-                    w2, w3 = panels[j, k0 + 2, lane], panels[j, k0 + 3, lane]
-                    w4, w5 = panels[j, k0 + 4, lane], panels[j, k0 + 5, lane]
-                    w6, w7 = panels[j, k0 + 6, lane], panels[j, k0 + 7, lane]
+                    w0, w1 = _ld(panels, j, k0, lane), _ld(panels, j, k0 + 1, lane)
+                    w2, w3 = _ld(panels, j, k0 + 2, lane), _ld(panels, j, k0 + 3, lane)
+                    w4, w5 = _ld(panels, j, k0 + 4, lane), _ld(panels, j, k0 + 5, lane)
+                    w6, w7 = _ld(panels, j, k0 + 6, lane), _ld(panels, j, k0 + 7, lane)
                     s[0, lane] = ((a0 * w0 + a1 * w1) + (a2 * w2 + a3 * w3)) + (
                         (a4 * w4 + a5 * w5) + (a6 * w6 + a7 * w7)
                     )
@@ -197,20 +245,31 @@ def _gemm_panels(x, panels, k, n, out):  # pragma: no cover - compiled
                 _fold(stack, s, r, nblocks, top, width, out, m + r, base, lanes)
             m += 4
         while m < m_rows:
-            for b in range(nblocks):
-                k0 = b * 8
-                a0, a1, a2, a3 = x[m, k0], x[m, k0 + 1], x[m, k0 + 2], x[m, k0 + 3]
-                a4, a5, a6, a7 = x[m, k0 + 4], x[m, k0 + 5], x[m, k0 + 6], x[m, k0 + 7]
+            # one row (a GEMV): four blocks (32 k) at a time are one aligned subtree, summed in
+            # registers and pushed on level 2 of the counter (a quarter of the stack traffic);
+            # each block's tree is built as its products come (few values live at once: no
+            # spills with 16 AVX2 registers). The blocks left over go one at a time.
+            b = 0
+            while b + 4 <= nblocks:
                 for lane in range(16):
-                    p0 = a0 * panels[j, k0, lane]
-                    p1 = a1 * panels[j, k0 + 1, lane]
-                    p2 = a2 * panels[j, k0 + 2, lane]
-                    p3 = a3 * panels[j, k0 + 3, lane]
-                    p4 = a4 * panels[j, k0 + 4, lane]
-                    p5 = a5 * panels[j, k0 + 5, lane]
-                    p6 = a6 * panels[j, k0 + 6, lane]
-                    p7 = a7 * panels[j, k0 + 7, lane]
-                    s[0, lane] = ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7))
+                    q0 = _block(x, m, b * 8, panels, j, lane)
+                    q1 = _block(x, m, b * 8 + 8, panels, j, lane)
+                    q2 = _block(x, m, b * 8 + 16, panels, j, lane)
+                    q3 = _block(x, m, b * 8 + 24, panels, j, lane)
+                    s[0, lane] = (q0 + q1) + (q2 + q3)
+                level = 2
+                cnt = b >> 2
+                while cnt & 1:
+                    for lane in range(16):
+                        s[0, lane] = stack[0, level, lane] + s[0, lane]
+                    level += 1
+                    cnt >>= 1
+                for lane in range(16):
+                    stack[0, level, lane] = s[0, lane]
+                b += 4
+            while b < nblocks:
+                for lane in range(16):
+                    s[0, lane] = _block(x, m, b * 8, panels, j, lane)
                 level = 0
                 cnt = b
                 while cnt & 1:
@@ -220,6 +279,7 @@ def _gemm_panels(x, panels, k, n, out):  # pragma: no cover - compiled
                     cnt >>= 1
                 for lane in range(16):
                     stack[0, level, lane] = s[0, lane]
+                b += 1
             _fold(stack, s, 0, nblocks, top, width, out, m, base, lanes)
             m += 1
 
@@ -236,7 +296,7 @@ def _gemm_small(x, panels, k, n, out):  # pragma: no cover - compiled
         for m in range(m_rows):
             for lane in range(min(16, n - base)):
                 for i in range(width):
-                    buf[i] = x[m, i] * panels[j, i, lane]
+                    buf[i] = x[m, i] * _ld(panels, j, i, lane)
                 w = width
                 while w > 1:
                     for i in range(w // 2):
@@ -254,7 +314,7 @@ _JIT = {"fastmath": False, "cache": True, "nogil": True, "error_model": "numpy"}
 
 
 def _compiled(fn: Callable, parallel: bool) -> Callable:
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
+    copy = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
     copy.__qualname__ = f"{fn.__qualname__}_{'parallel' if parallel else 'serial'}"
     return njit(parallel=parallel, **_JIT)(copy)
 

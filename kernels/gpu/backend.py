@@ -23,6 +23,7 @@ import numpy as np
 
 from refute.engine.backend import Backend, GroupRow, ReferenceBackend, Row, index_dims, strided
 from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src
+from refute.engine.weights import widen
 from refute.kernels import gpu
 from refute.kernels.cpu.backend import dot_plan
 from refute.kernels.gpu import (
@@ -176,6 +177,7 @@ class TritonBackend:
         x = np.stack([row.sources[plan.x_operand][plan.x_offset : plan.x_offset + k]
                       for row in rows])  # fmt: skip
         flat = rows[0].sources[1 - plan.x_operand][plan.w_offset : plan.w_offset + k * n]
+        flat = widen(flat)  # a bf16/fp16 weight, exactly (docs/spec.md from_bf16, from_fp16)
         w = flat.reshape(k, n) if plan.transposed else flat.reshape(n, k).T  # [K, N] view
         out = np.asarray(gpu.gemv(x[0], w) if len(rows) == 1 else gpu.gemm(x, w))
         return list(out.reshape(len(rows), n))
