@@ -360,9 +360,11 @@ class Service:
             )):  # fmt: skip
                 return False
             if isinstance(client, Challenger) and any(
-                c["verdict"] is None for c in client.store["claims"].values()
+                c["verdict"] is None
+                or (c["verdict"] in ("dispute", "token-mismatch") and not c.get("acted"))
+                for c in client.store["claims"].values()
             ):
-                return False
+                return False  # a wrong claim not yet disputed (e.g. the node refused it)
             if any(d.get("side") == "challenge" == d.get("winner") and not d.get("rewarded")
                    for d in client.disputes.values()):  # fmt: skip
                 return False  # its share of the claim bond is paid once the claim settles

@@ -40,6 +40,7 @@ from tests.test_crashes import (
     posted_by,
     withdrawn,
 )
+from tests.test_service import events
 
 FIRST = {"tokens": [5, 17, 250, 3], "max_new_tokens": 4}  # 7 positions, the cheat at 6
 LATE = {"tokens": [5, 17], "max_new_tokens": 2, "id": "late"}  # 3 positions: honest
@@ -205,3 +206,45 @@ def test_a_node_failing_at_start_up_is_a_clear_error(
     assert result.exit_code == 1, result.output
     assert "the node failed while starting" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_refused_open_dispute_is_sent_again_before_idle(
+    node: Web3,  # noqa: F811
+    proxy: RpcProxy,
+    tmp_path: Path,
+) -> None:
+    """A watcher (in-process Service, through the proxy) whose openDispute the node refuses
+    (a JSON-RPC error: nothing was sent, the intent is dropped) opens it in a later round: with
+    --until-idle it does not take the refused round for "nothing left to do"."""
+    import io
+    import threading
+
+    from refute.bisection.challenger import Challenger
+    from refute.bisection.demo import flip_bit
+    from refute.bisection.eventlog import EventLog
+    from refute.bisection.service import Service
+    from refute.contracts.chain import connect
+    from refute.engine.executor import Executor, Request
+
+    model = load_model("tiny-llama")
+    acc = node.eth.accounts
+    game = GameClient.deploy(w3=node, params=PARAMS, sender=acc[1])
+    game.register(model, sender=acc[1])
+    cheat = Executor(model, tamper=flip_bit((3, model.program.node_index("layers.0.mlp.down"), 5)))
+    (gen,) = cheat.generate([Request((5, 17, 250, 3), 4)])
+    cid = game.post_claim(model, gen, sender=acc[1])
+    proxy.rpc_error(method="eth_sendTransaction", times=1, message="refused")
+    w3 = connect(proxy.url, timeout=5)
+    watcher = Challenger(GameClient.at(w3, game.game.address), model, tmp_path / "w", acc[2])
+    stream = io.StringIO()
+    service = Service(watcher.game, [watcher], EventLog(stream, "watcher"), interval=0.05)
+    service.resume()
+    service.run(threading.Event(), until_idle=True, max_seconds=6)
+    log = events(stream.getvalue())
+    assert proxy.count("eth_sendTransaction", "rpc_error") == 1
+    (refused,) = [e for e in log if e["event"] == "error"]
+    assert refused["error"] == "Web3RPCError" and "refused" in refused["detail"]
+    assert len(game.events("DisputeOpened", challenger=acc[2])) == 1
+    assert game.claim(cid).open_disputes == 1
+    # the dispute waits for the (absent) prover's move: not idle, stopped by the time limit
+    assert log[-1]["event"] == "exited" and log[-1]["reason"] == "time limit"
