@@ -422,3 +422,4 @@ def demo(
 
 # the long-running processes register themselves on `main`
 from refute import cli_service  # noqa: E402, F401
+from refute import cli_serve  # noqa: E402, F401
