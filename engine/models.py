@@ -1,5 +1,8 @@
 """Model families, spelled as programs: Llama (RMSNorm, RoPE, SwiGLU, GQA) and GPT-2.
 
+The Llama program also serves Mistral, Qwen2/2.5, Qwen3, Gemma 1/2/3 and Phi-3: their
+differences are config fields that choose nodes and build-time constants (docs/models.md).
+
 Each `build_*` takes a config and a dict of float32 weights named as in Hugging Face
 checkpoints, and returns the program and its weights in program order. Constants that need
 sin, cos or pow (the RoPE tables, attention scales) are computed here, once, and committed with
@@ -10,12 +13,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
-from refute.engine.builder import ProgramBuilder, const
+from refute.engine.builder import ProgramBuilder, Ref, const
 from refute.engine.ir import Fn, Program
 from refute.errors import ModelLoadError
 
@@ -42,6 +45,19 @@ class LlamaConfig:
     qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
     rope_type: str = "default"  # default, linear, dynamic, llama3, yarn, longrope
     rope_scaling: tuple[tuple[str, Any], ...] = ()  # the resolved parameters of rope_type
+    # added with Gemma and Phi-3 (the same rule)
+    norm_plus_one: bool = False  # RMSNorm gains are (1 + w), committed folded as fl32(1 + w)
+    embed_scale: float = 0.0  # the embedding row times this binary32 constant (Gemma); 0: none
+    mlp_act: str = "silu"  # the gate's activation: silu (SwiGLU) or gelu_tanh (GeGLU, Gemma)
+    sandwich_norms: bool = False  # RMSNorm of the attention and MLP outputs too (Gemma 2, 3)
+    attn_scale: float = 0.0  # the score scale; 0: head_dim^-1/2 (Gemma 2, 3: from the config)
+    attn_softcap: float = 0.0  # scores -> cap * tanh(scores / cap) before the mask (Gemma 2)
+    final_softcap: float = 0.0  # logits -> cap * tanh(logits / cap) (Gemma 2, 3)
+    sliding_window: int = 0  # W: the layers in sliding_layers attend to keys t - W + 1 .. t
+    sliding_layers: tuple[int, ...] = ()
+    local_rope_theta: float = 0.0  # default-RoPE base of the sliding layers (Gemma 3); 0: none
+    fused_qkv: bool = False  # one qkv_proj [(H + 2G)·hd, D], read at row offsets (Phi-3)
+    fused_gate_up: bool = False  # one gate_up_proj [2F, D], gate rows first (Phi-3)
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,13 @@ class GPT2Config:
 Config = LlamaConfig | GPT2Config
 
 
-_ADDED_FIELDS = ("qkv_bias", "o_bias", "mlp_bias", "qk_norm", "rope_type", "rope_scaling")
+_ADDED_FIELDS = (
+    "qkv_bias", "o_bias", "mlp_bias", "qk_norm", "rope_type", "rope_scaling",
+    "norm_plus_one", "embed_scale", "mlp_act", "sandwich_norms", "attn_scale", "attn_softcap",
+    "final_softcap", "sliding_window", "sliding_layers", "local_rope_theta", "fused_qkv",
+    "fused_gate_up",
+)  # fmt: skip
+MLP_ACTS = {"silu": Fn.SILU, "gelu_tanh": Fn.GELU_TANH}
 
 
 def config_dict(config: Config) -> dict:
@@ -150,6 +172,23 @@ def rope_tables(config: LlamaConfig) -> tuple[np.ndarray, np.ndarray]:
     return cos, sin_signed
 
 
+def local_rope_tables(config: LlamaConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The tables of the sliding layers of Gemma 3: default RoPE with base local_rope_theta."""
+    local = replace(
+        config, rope_theta=config.local_rope_theta, rope_type="default", rope_scaling=()
+    )
+    return rope_tables(local)
+
+
+def window_mask(max_positions: int, window: int) -> np.ndarray:
+    """mask[d] for d = t - j, the distance from query t back to key j: +0 for d < W (keys
+    t - W + 1 .. t), -inf beyond. Added to the scores it makes exp give exactly +0 there, so
+    windowed attention is full attention's nodes with one MAP(ADD) (docs/ir.md)."""
+    mask = np.zeros(max_positions, np.float32)
+    mask[window:] = -np.inf
+    return mask
+
+
 def _need(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in weights:
         raise ModelLoadError(f"checkpoint has no tensor {name!r}")
@@ -159,6 +198,57 @@ def _need(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) 
     return w
 
 
+def _plus_one(w: np.ndarray) -> np.ndarray:
+    """Gemma's RMSNorm gain: transformers computes `(1.0 + w.float())` in binary32, one rounded
+    add per element; folded here, once, it is the same numbers (docs/models.md)."""
+    return (np.float32(1.0) + np.asarray(w, np.float32)).astype(np.float32)
+
+
+def _layer_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors of one decoder layer, by their Hugging Face names within the layer."""
+    d, hd, h, g, f = c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "input_layernorm.weight": (d,),
+        "post_attention_layernorm.weight": (d,),
+    }
+    if c.sandwich_norms:
+        shapes |= {
+            "pre_feedforward_layernorm.weight": (d,),
+            "post_feedforward_layernorm.weight": (d,),
+        }
+    if c.fused_qkv:
+        shapes["self_attn.qkv_proj.weight"] = ((h + 2 * g) * hd, d)
+    else:
+        shapes |= {
+            "self_attn.q_proj.weight": (h * hd, d),
+            "self_attn.k_proj.weight": (g * hd, d),
+            "self_attn.v_proj.weight": (g * hd, d),
+        }
+    shapes["self_attn.o_proj.weight"] = (d, h * hd)
+    if c.fused_gate_up:
+        shapes["mlp.gate_up_proj.weight"] = (2 * f, d)
+    else:
+        shapes |= {"mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d)}
+    shapes["mlp.down_proj.weight"] = (d, f)
+    if c.qkv_bias:
+        shapes |= {
+            "self_attn.q_proj.bias": (h * hd,),
+            "self_attn.k_proj.bias": (g * hd,),
+            "self_attn.v_proj.bias": (g * hd,),
+        }
+    if c.o_bias:
+        shapes["self_attn.o_proj.bias"] = (d,)
+    if c.mlp_bias:
+        shapes |= {
+            "mlp.gate_proj.bias": (f,),
+            "mlp.up_proj.bias": (f,),
+            "mlp.down_proj.bias": (d,),
+        }
+    if c.qk_norm:
+        shapes |= {"self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,)}
+    return shapes
+
+
 def build_llama(
     config: LlamaConfig, weights: Mapping[str, np.ndarray]
 ) -> tuple[Program, list[np.ndarray]]:
@@ -166,86 +256,125 @@ def build_llama(
     d, hd, h, g, f = c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.intermediate_size
     if h % g or hd % 2:
         raise ModelLoadError("heads must be a multiple of kv heads, head_dim even")
+    if c.fused_qkv and (c.qk_norm or c.qkv_bias):
+        raise ModelLoadError("a fused qkv projection with q/k norms or biases is not supported")
+    if c.mlp_act not in MLP_ACTS:
+        raise ModelLoadError(f"unknown MLP activation {c.mlp_act!r} (known: {sorted(MLP_ACTS)})")
     b = ProgramBuilder(c.max_positions, c.vocab_size)
+
+    def norm_gain(name: str, shape: tuple[int, ...]) -> Ref:
+        w = _need(weights, name, shape)
+        if c.norm_plus_one:  # committed under its own name: it is not the checkpoint's tensor
+            return b.weight(name + "+1", _plus_one(w))
+        return b.weight(name, w)
+
     embed = b.weight(
         "model.embed_tokens.weight", _need(weights, "model.embed_tokens.weight", (c.vocab_size, d))
     )
     cos, sin_signed = rope_tables(c)
     cos_t, sin_t = b.weight("rope.cos", cos), b.weight("rope.sin_signed", sin_signed)
+    windowed = set(c.sliding_layers) if c.sliding_window else set()
+    local_tables = (cos_t, sin_t)
+    if windowed and c.local_rope_theta:
+        local_cos, local_sin = local_rope_tables(c)
+        local_tables = (
+            b.weight("rope_local.cos", local_cos),
+            b.weight("rope_local.sin_signed", local_sin),
+        )
+    mask = None
+    if windowed:
+        mask = b.weight("attn.window_mask", window_mask(c.max_positions, c.sliding_window))
     layer_weights = []
     for i in range(c.num_layers):
         p = f"model.layers.{i}."
-        shapes = {
-            "input_layernorm.weight": (d,),
-            "post_attention_layernorm.weight": (d,),
-            "self_attn.q_proj.weight": (h * hd, d),
-            "self_attn.k_proj.weight": (g * hd, d),
-            "self_attn.v_proj.weight": (g * hd, d),
-            "self_attn.o_proj.weight": (d, h * hd),
-            "mlp.gate_proj.weight": (f, d),
-            "mlp.up_proj.weight": (f, d),
-            "mlp.down_proj.weight": (d, f),
-        }
-        if c.qkv_bias:
-            shapes |= {
-                "self_attn.q_proj.bias": (h * hd,),
-                "self_attn.k_proj.bias": (g * hd,),
-                "self_attn.v_proj.bias": (g * hd,),
-            }
-        if c.o_bias:
-            shapes["self_attn.o_proj.bias"] = (d,)
-        if c.mlp_bias:
-            shapes |= {
-                "mlp.gate_proj.bias": (f,),
-                "mlp.up_proj.bias": (f,),
-                "mlp.down_proj.bias": (d,),
-            }
-        if c.qk_norm:
-            shapes |= {"self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,)}
         layer_weights.append(
-            {k: b.weight(p + k, _need(weights, p + k, s)) for k, s in shapes.items()}
+            {
+                k: norm_gain(p + k, s)
+                if k.endswith("norm.weight")
+                else b.weight(p + k, _need(weights, p + k, s))
+                for k, s in _layer_shapes(c).items()
+            }
         )
-    norm = b.weight("model.norm.weight", _need(weights, "model.norm.weight", (d,)))
+    norm = norm_gain("model.norm.weight", (d,))
     if c.tie_embeddings:
         lm_head = embed
     else:
         lm_head = b.weight("lm_head.weight", _need(weights, "lm_head.weight", (c.vocab_size, d)))
 
-    x = b.embedding("embed", embed)
+    if c.embed_scale:  # Gemma: the row times fl32(sqrt(hidden)), one rounded product
+        x = b.map(
+            "embed",
+            Fn.MUL,
+            (d,),
+            embed.read(1, token_stride=d),
+            const(c.embed_scale).broadcast((d,)),
+        )
+    else:
+        x = b.embedding("embed", embed)
+    scale = c.attn_scale or float(hd) ** -0.5
+    act_fn = MLP_ACTS[c.mlp_act]
     for i, w in enumerate(layer_weights):
         b.layer = i
         hn = b.rmsnorm("input_norm", x, w["input_layernorm.weight"], c.rms_eps)
-        q = b.linear(
-            "attn.q", hn, w["self_attn.q_proj.weight"], bias=w.get("self_attn.q_proj.bias")
-        )
-        k = b.linear(
-            "attn.k", hn, w["self_attn.k_proj.weight"], bias=w.get("self_attn.k_proj.bias")
-        )
-        v = b.linear(
-            "attn.v", hn, w["self_attn.v_proj.weight"], bias=w.get("self_attn.v_proj.bias")
-        )
+        if c.fused_qkv:  # q, k and v are rows of one product, read at offsets (no copy)
+            qkv = b.linear("attn.qkv", hn, w["self_attn.qkv_proj.weight"])
+            q, k, v = qkv, qkv, qkv
+            q_off, k_off, v_off = 0, h * hd, (h + g) * hd
+        else:
+            q = b.linear(
+                "attn.q", hn, w["self_attn.q_proj.weight"], bias=w.get("self_attn.q_proj.bias")
+            )
+            k = b.linear(
+                "attn.k", hn, w["self_attn.k_proj.weight"], bias=w.get("self_attn.k_proj.bias")
+            )
+            v = b.linear(
+                "attn.v", hn, w["self_attn.v_proj.weight"], bias=w.get("self_attn.v_proj.bias")
+            )
+            q_off = k_off = v_off = 0
         if c.qk_norm:
             q = b.head_rmsnorm("attn.q_norm", q, h, hd, w["self_attn.q_norm.weight"], c.rms_eps)
             k = b.head_rmsnorm("attn.k_norm", k, g, hd, w["self_attn.k_norm.weight"], c.rms_eps)
-        qr = b.rope("attn.q_rope", q, h, hd, cos_t, sin_t)
-        kr = b.rope("attn.k_rope", k, g, hd, cos_t, sin_t)
+        cos_i, sin_i = local_tables if i in windowed else (cos_t, sin_t)
+        qr = b.rope("attn.q_rope", q, h, hd, cos_i, sin_i, offset=q_off)
+        kr = b.rope("attn.k_rope", k, g, hd, cos_i, sin_i, offset=k_off)
         k_cache = b.cache("attn.k_cache", kr, g, hd)
-        v_cache = b.cache("attn.v_cache", v, g, hd)
-        o = b.attention("attn", qr, k_cache, v_cache, h, g, hd, float(hd) ** -0.5, Fn.MUL)
+        v_cache = b.cache("attn.v_cache", v, g, hd, offset=v_off)
+        o = b.attention(
+            "attn", qr, k_cache, v_cache, h, g, hd, scale, Fn.MUL,
+            softcap=c.attn_softcap, mask=mask if i in windowed else None,
+        )  # fmt: skip
         o = b.linear("attn.o", o, w["self_attn.o_proj.weight"], bias=w.get("self_attn.o_proj.bias"))
+        if c.sandwich_norms:
+            o = b.rmsnorm("attn.post_norm", o, w["post_attention_layernorm.weight"], c.rms_eps)
+            pre_mlp = w["pre_feedforward_layernorm.weight"]
+        else:
+            pre_mlp = w["post_attention_layernorm.weight"]
         x = b.map("attn.residual", Fn.ADD, (d,), x, o)
-        hn = b.rmsnorm("post_norm", x, w["post_attention_layernorm.weight"], c.rms_eps)
-        gate = b.linear("mlp.gate", hn, w["mlp.gate_proj.weight"], bias=w.get("mlp.gate_proj.bias"))
-        up = b.linear("mlp.up", hn, w["mlp.up_proj.weight"], bias=w.get("mlp.up_proj.bias"))
-        act = b.map("mlp.silu", Fn.SILU, (f,), gate)
-        prod = b.map("mlp.gated", Fn.MUL, (f,), act, up)
+        hn = b.rmsnorm("post_norm", x, pre_mlp, c.rms_eps)
+        if c.fused_gate_up:  # gate rows [0, F), up rows [F, 2F) of one product
+            gate_up = b.linear("mlp.gate_up", hn, w["mlp.gate_up_proj.weight"])
+            act = b.map("mlp." + c.mlp_act, act_fn, (f,), gate_up.read(1))
+            prod = b.map("mlp.gated", Fn.MUL, (f,), act, gate_up.read(1, offset=f))
+        else:
+            gate = b.linear(
+                "mlp.gate", hn, w["mlp.gate_proj.weight"], bias=w.get("mlp.gate_proj.bias")
+            )
+            up = b.linear("mlp.up", hn, w["mlp.up_proj.weight"], bias=w.get("mlp.up_proj.bias"))
+            act = b.map("mlp." + c.mlp_act, act_fn, (f,), gate)
+            prod = b.map("mlp.gated", Fn.MUL, (f,), act, up)
         down = b.linear(
             "mlp.down", prod, w["mlp.down_proj.weight"], bias=w.get("mlp.down_proj.bias")
         )
+        if c.sandwich_norms:
+            down = b.rmsnorm(
+                "mlp.post_norm", down, w["post_feedforward_layernorm.weight"], c.rms_eps
+            )
         x = b.map("mlp.residual", Fn.ADD, (d,), x, down)
     b.layer = -1
     hn = b.rmsnorm("final_norm", x, norm, c.rms_eps)
     logits = b.linear("lm_head", hn, lm_head)
+    if c.final_softcap:
+        logits = b.softcap("final_softcap", logits, c.final_softcap)
     return b.build(logits, b.sample("sample", logits))
 
 
