@@ -251,10 +251,12 @@ class Inbox:
         for key in waiting:
             self.posted(key)
         for fn, future in calls:
+            if future.done():  # its caller went away
+                continue
             try:
-                future.set_result(fn())
+                _settle(future, value=fn())
             except Exception as exc:
-                future.set_exception(exc)
+                _settle(future, error=exc)
         queued = self.prover.queued()
         with self._lock:
             self.backlog = sum(1 for k in queued if k not in self.waiting)
@@ -278,20 +280,20 @@ class Inbox:
         info = self.prover.store["requests"].get(key)
         if info is None:
             return False
+        if pending.future.done():  # its caller went away (the claim is posted all the same)
+            return True
         if info["status"] == "failed":
-            pending.future.set_exception(
-                ApiError(
-                    500, f"the request could not be run: {info.get('reason')}", kind="server_error"
-                )
-            )
+            reason = f"the request could not be run: {info.get('reason')}"
+            _settle(pending.future, error=ApiError(500, reason, kind="server_error"))
             return True
         if info["status"] != "served":
             return False
         cid = int(info["claim"])
         claim = self.prover.store["claims"][str(cid)]
         c = self.game.claim(cid)
-        pending.future.set_result(
-            {
+        _settle(
+            pending.future,
+            value={
                 "claim": cid,
                 "tx": claim.get("tx"),
                 "block": claim["block"],
@@ -300,7 +302,7 @@ class Inbox:
                 "prompt_root": "0x" + c.prompt_root.hex(),
                 "model_root": "0x" + c.model_root.hex(),
                 "deadline": int(c.deadline),
-            }
+            },
         )
         return True
 
@@ -315,10 +317,22 @@ class Inbox:
             kind="server_error",
         )
         for pending in waiting.values():
-            if not pending.future.done():
-                pending.future.set_exception(error)
+            _settle(pending.future, error=error)
         for _, future in calls:
+            _settle(future, error=error)
+
+
+def _settle(
+    future: concurrent.futures.Future, value: Any = None, error: BaseException | None = None
+) -> None:
+    """Resolve `future` unless it is resolved or cancelled already (a caller that went away)."""
+    try:
+        if error is not None:
             future.set_exception(error)
+        else:
+            future.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -751,6 +765,8 @@ class Api:
         finally:
             with self._lock:
                 self._streams.pop(ask.key, None)
+            # a client that went away leaves the outcome unread: read it, so asyncio is quiet
+            posted.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def answer(self, ask: Ask) -> Any:
         pending = self._admit(ask)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -296,35 +295,23 @@ def test_neutral_values_context_and_model_are_checked(served, client) -> None:
 
 
 def test_a_full_queue_answers_429(served, client) -> None:
-    """--max-queue 1: while one request waits for its claim, the next is refused."""
-    first: dict = {}
-
-    def long_request() -> None:
-        with httpx.stream(
-            "POST",
-            served.url + "/v1/completions",
-            timeout=120,
-            json={
-                "model": "demo-chat",
-                "prompt": "This module",
-                "max_tokens": 90,
-                "stream": True,
-            },
-        ) as r:
-            lines = r.iter_lines()
-            first["line"] = next(lines)
-            started.set()
-            first["rest"] = [line for line in lines if line]
-
-    started = threading.Event()
-    thread = threading.Thread(target=long_request)
-    thread.start()
-    assert started.wait(60)
-    with pytest.raises(openai.RateLimitError) as info:
-        client.completions.create(model="demo-chat", prompt="If the", max_tokens=2)
+    """--max-queue 1: while one request waits for its claim, the next is refused; a client that
+    goes away mid-stream leaves its request to be posted all the same, and the queue frees."""
+    body = {"model": "demo-chat", "prompt": "This module", "max_tokens": 90, "stream": True}
+    with httpx.stream("POST", served.url + "/v1/completions", timeout=120, json=body) as r:
+        first = next(line for line in r.iter_lines() if line)
+        rid = json.loads(first.removeprefix("data: "))["id"]
+        with pytest.raises(openai.RateLimitError) as info:
+            client.completions.create(model="demo-chat", prompt="If the", max_tokens=2)
+    # the stream is closed here, before its claim is posted
     assert info.value.status_code == 429 and "the queue is full (1 requests" in info.value.message
-    thread.join(120)
-    assert first["rest"][-1] == "data: [DONE]"
+    deadline = time.monotonic() + 60
+    while httpx.get(served.url + "/health", timeout=30).json()["api_queue"]:
+        assert time.monotonic() < deadline, "the request of the closed stream was never answered"
+        time.sleep(0.2)
+    assert served.prover.store["requests"][f"id:{rid}"]["status"] == "served"
+    response = client.completions.create(model="demo-chat", prompt="If the", max_tokens=2)
+    assert len(response.model_extra["refute"]["tokens"]) == 2
 
 
 # --- a cheating server on anvil ------------------------------------------------------------------
