@@ -351,7 +351,7 @@ class Service:
 
     def idle(self) -> bool:
         """Nothing left to do: no queued request, no active dispute, no pending own claim, no
-        claim waiting for re-execution, no transaction in flight."""
+        claim waiting for re-execution, no transaction in flight, no credit left to withdraw."""
         for client in self.clients:
             if client.active() or client.game.in_flight():
                 return False
@@ -371,7 +371,10 @@ class Service:
             if any(m.get("fn") == "proveTokenMismatch" and not m.get("reverted")
                    and not m.get("rewarded") for m in client.moves):  # fmt: skip
                 return False  # so is the share a token proof earned
-        return True
+        try:  # credit left by a round that failed between crediting and withdrawing
+            return not any(client.game.credit(client.account) for client in self.clients)
+        except Exception:  # the node: not known to be idle
+            return False
 
     def _tick(self) -> None:
         """An embedded chain mines only on transactions, and its next block's timestamp is fixed

@@ -165,6 +165,9 @@ def test_processes_survive_a_faulty_node(node: Web3, proxy: RpcProxy, tmp_path: 
     assert game.claim(1).status == ClaimStatus.FINALIZED
     late = [e for e in pl if e["event"] == "claim.posted" and e["claim"] == 1]
     assert late and late[0]["id"] == "late"
+    order = [(e["event"], e.get("id")) for e in pl]  # accepted while down, posted once back
+    assert order.index(("request.accepted", "late")) < order.index(("node.reachable", None))
+    assert order.index(("node.reachable", None)) < order.index(("claim.posted", "late"))
     claim_bond, challenge_bond, move_bond = BONDS
     fee = game.params().fee_per_position
     assert withdrawn(game, w_acc) == challenge_bond + d.moves * move_bond + claim_bond // 2
@@ -175,6 +178,7 @@ def test_processes_survive_a_faulty_node(node: Web3, proxy: RpcProxy, tmp_path: 
     assert proxy.count("eth_sendRawTransaction", "drop_answer") == 2
     assert proxy.count("eth_sendRawTransaction", "drop") == 1
     assert proxy.count(outcome="cut") > 0
+    assert min(proxy.count(outcome=o) for o in ("delay", "http_error", "rpc_error")) > 0
     for log in (pl, wl):
         unknown = [e for e in log if e["event"] == "tx.unknown"
                    or (e["event"] == "error" and e["error"] == "TransactionUnknown")]  # fmt: skip
@@ -248,3 +252,44 @@ def test_a_refused_open_dispute_is_sent_again_before_idle(
     assert game.claim(cid).open_disputes == 1
     # the dispute waits for the (absent) prover's move: not idle, stopped by the time limit
     assert log[-1]["event"] == "exited" and log[-1]["reason"] == "time limit"
+
+
+def test_credit_left_by_a_failed_withdraw_is_withdrawn_before_idle(
+    node: Web3,  # noqa: F811
+    proxy: RpcProxy,
+    tmp_path: Path,
+) -> None:
+    """A watcher (in-process Service, through the proxy) that is owed the claim fees (it is the
+    game's fee recipient) and whose withdraw the node refuses: --until-idle does not exit with
+    the credit still in the contract; the next round withdraws it."""
+    import io
+    import threading
+
+    from refute.bisection.challenger import Challenger
+    from refute.bisection.eventlog import EventLog
+    from refute.bisection.service import Service
+    from refute.contracts.chain import connect
+    from refute.engine.executor import Executor, Request
+
+    model = load_model("tiny-llama")
+    acc = node.eth.accounts
+    params = GameParams(**{**PARAMS.__dict__, "fee_recipient": acc[2]})
+    game = GameClient.deploy(w3=node, params=params, sender=acc[1])
+    game.register(model, sender=acc[1])
+    (gen,) = Executor(model).generate([Request((5, 17, 250, 3), 4)])
+    game.post_claim(model, gen, sender=acc[1])
+    fees = game.params().fee_per_position * 7
+    assert game.credit(acc[2]) == fees
+    proxy.rpc_error(method="eth_sendTransaction", times=1, message="refused")
+    w3 = connect(proxy.url, timeout=5)
+    watcher = Challenger(GameClient.at(w3, game.game.address), model, tmp_path / "w", acc[2])
+    stream = io.StringIO()
+    service = Service(watcher.game, [watcher], EventLog(stream, "watcher"), interval=0.05)
+    service.resume()
+    service.run(threading.Event(), until_idle=True, max_seconds=30)
+    log = events(stream.getvalue())
+    (refused,) = [e for e in log if e["event"] == "error"]
+    assert refused["error"] == "Web3RPCError" and "refused" in refused["detail"]
+    assert [e["wei"] for e in log if e["event"] == "withdrawn"] == [fees]
+    assert game.credit(acc[2]) == 0 and withdrawn(game, acc[2]) == fees
+    assert log[-1]["event"] == "exited" and log[-1]["reason"] == "idle"
