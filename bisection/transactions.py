@@ -51,8 +51,9 @@ class TransactionUnknown(RefuteError):
 
 def subject_of(fn: str, args: tuple[Any, ...], sender: str) -> str:
     """What a transaction acts on, for intents (one transaction in flight per subject)."""
-    if fn in ("finalize", "openDispute", "proveTokenMismatch", "commitTokenProof",
-              "collectReward"):  # fmt: skip
+    if fn == "commitTokenProof":
+        return f"commitment:0x{bytes(args[0]).hex()}"
+    if fn in ("finalize", "openDispute", "proveTokenMismatch", "collectReward"):
         return f"claim:{args[0]}"
     if fn in ("withdraw", "register"):
         return f"{fn}:{sender}"
