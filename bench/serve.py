@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from refute.demo_model import DEMO_MODEL_DIR, DEMO_PROMPTS  # noqa: E402
+from refute.demo_model import DEMO_MODEL_DIR, DEMO_PROMPTS
 
 
 def _ms(values: list[float]) -> dict[str, float]:

@@ -20,7 +20,9 @@ import click
 
 from refute.cli import main
 from refute.cli_service import _drill, _drill_syntax, _open, _service_options, _worker
-from refute.server import DEFAULT_MAX_QUEUE
+
+DEFAULT_MAX_QUEUE = 64
+"""Requests waiting for their claims beyond which `refute serve` answers 429 (--max-queue)."""
 
 
 @dataclass

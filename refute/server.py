@@ -53,8 +53,6 @@ from refute.engine.executor import Executor, Generation, Request
 from refute.engine.trace import prompt_root
 from refute.errors import RefuteError
 
-DEFAULT_MAX_QUEUE = 64
-
 SAMPLING = "a claim fixes sampling to temperature and seed (Gumbel-max over the whole vocabulary)"
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "top_p": (1, 1.0),
@@ -411,7 +409,7 @@ class Api:
         model_id: str,
         wake: Callable[[], None],
         defaults: Request,
-        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue: int,
         metrics: Any = None,
         log: Callable[..., None] | None = None,
     ) -> None:
