@@ -15,25 +15,29 @@ LEVELS = {
     "error": "error", "claim.failed": "error", "node.unreachable": "warning",
     "warning": "warning", "claim.at_risk": "warning", "reorg": "warning",
     "claim.undone": "warning", "dispute.undone": "warning", "tx.unknown": "warning",
-    "request.rejected": "warning", "liveness": "warning",
+    "request.rejected": "warning", "liveness": "warning", "round": "debug",
 }  # fmt: skip
 """Severity of each event (`level` in the log); every other event is "info"."""
+ORDER = ("debug", "info", "warning", "error")
 
 
 class EventLog:
     """Structured log: each event is one line, a JSON object (`fmt="json"`) or `key=value`
     pairs (`fmt="text"`), with a UTC timestamp, the level, the role and the event name first."""
 
-    def __init__(self, stream: IO[str], role: str, fmt: str = "json") -> None:
+    def __init__(self, stream: IO[str], role: str, fmt: str = "json", level: str = "info") -> None:
         self.stream = stream
         self.role = role
         self.fmt = fmt
+        self.level = level
         self.lock = threading.Lock()
 
     def __call__(self, event: str, **fields: Any) -> None:
+        level = LEVELS.get(event, "info")
+        if ORDER.index(level) < ORDER.index(self.level):
+            return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        head = {"time": stamp, "level": LEVELS.get(event, "info"), "role": self.role,
-                "event": event}  # fmt: skip
+        head = {"time": stamp, "level": level, "role": self.role, "event": event}
         record = head | fields
         if self.fmt == "json":
             line = json.dumps(record, default=_jsonable)

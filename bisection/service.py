@@ -104,6 +104,7 @@ class Service:
         if ok:
             self._recovered()
         self.rounds += 1
+        self.log("round", round=self.rounds, busy=busy, errors=self.errors)
         self._observe()
         self.status(self.status_line())
         return busy

@@ -25,10 +25,24 @@ def connect(url: str | None = None, *, timeout: float = 60.0) -> Web3:
     """Web3 on the JSON-RPC node at `url` (http:// or https://), or an embedded chain if None."""
     if url is None:
         return embedded_chain()
+    url = rpc_url(url)
     w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
     if not w3.is_connected():
         raise ChainConnectionError(f"no JSON-RPC node answers at {url}")
     return w3
+
+
+def rpc_url(url: str) -> str:
+    """`url` with a scheme: `host:port` (as foundry's tools accept it) is taken as http://; a
+    scheme other than http(s) is refused with a ChainConnectionError saying what is wrong."""
+    if "://" not in url:
+        return f"http://{url}"
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ChainConnectionError(
+            f"{url}: only http:// and https:// JSON-RPC URLs are supported, not {scheme}://"
+        )
+    return url
 
 
 def deploy(w3: Web3, name: str, *args: Any, sender: str | None = None) -> Contract:

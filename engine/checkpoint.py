@@ -116,11 +116,15 @@ def load_model(name_or_path: str | Path, seed: int = 0, context: int | None = No
         if context is not None:
             raise ModelLoadError("a built-in model has a fixed context; do not pass one")
         return builtin_model(str(name_or_path), seed)
+    if str(name_or_path) == "demo":  # the shipped checkpoint, by name
+        from refute.demo_model import DEMO_MODEL_DIR
+
+        name_or_path = DEMO_MODEL_DIR
     path = Path(name_or_path)
     if not path.is_dir():
         raise ModelLoadError(
-            f"{name_or_path!r} is neither a built-in model ({', '.join(sorted(BUILTIN))}) nor a "
-            "checkpoint directory"
+            f"{name_or_path!r} is neither a built-in model ({', '.join(sorted(BUILTIN))}, demo) "
+            "nor a checkpoint directory"
         )
     return load_checkpoint(path, context)
 

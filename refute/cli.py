@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -12,8 +13,72 @@ from tqdm import tqdm
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="refute")
-def main() -> None:
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="REFUTE_CONFIG",
+    default=None,
+    help="TOML file of option defaults, a table per command ([prove] window = 600, rpc = "
+    '"http://..."; keys are the long option names); options given on the command line win',
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
     """refute: optimistic fraud proofs for machine-learning inference."""
+    if config is not None:
+        ctx.default_map = config_defaults(config, ctx.command)
+
+
+def config_defaults(path: Path, group: click.Group) -> dict[str, dict[str, object]]:
+    """The default map of a TOML config file: its tables are commands, its keys long option
+    names (without dashes: `max-new-tokens` or `max_new_tokens`). Anything unknown is an error
+    naming it, not ignored."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
+    out: dict[str, dict[str, object]] = {}
+    for name, table in data.items():
+        command = group.commands.get(name)
+        if command is None or not isinstance(table, dict):
+            raise click.BadParameter(
+                f"{path}: [{name}] is not a command "
+                f"(commands: {', '.join(sorted(group.commands))})",
+                param_hint="--config",
+            )
+        by_flag = {
+            o.lstrip("-"): p.name for p in command.params for o in p.opts if o.startswith("--")
+        }
+        out[name] = {}
+        for key, value in table.items():
+            flag = key.replace("_", "-")
+            if flag not in by_flag:
+                raise click.BadParameter(
+                    f"{path}: [{name}] has no option {key!r}", param_hint="--config"
+                )
+            out[name][by_flag[flag]] = value
+    return out
+
+
+def seed_option(f: Callable) -> Callable:
+    """--seed: an integer in [0, 2^256) (the range said once, not printed in full)."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
+        if not 0 <= value < 2**256:
+            raise click.BadParameter("the seed must be an integer in [0, 2^256)")
+        return value
+
+    return click.option(
+        "--seed", default=0, show_default=True, type=int, callback=check,
+        help="sampling seed, an integer in [0, 2^256)",
+    )(f)  # fmt: skip
+
+
+def progress_bar(**kwargs: object) -> tqdm:
+    """A progress bar on stderr when it is a terminal, nothing otherwise."""
+    return tqdm(file=sys.stderr, disable=kwargs.pop("disable", False) or not sys.stderr.isatty(),
+                **kwargs)  # fmt: skip
 
 
 @main.command()
@@ -137,7 +202,7 @@ def _announce_compiles(backend: object) -> None:
     type=click.FloatRange(min=0),
     help="0 = greedy; otherwise Gumbel-max sampling with --seed",
 )
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**256 - 1))
+@seed_option
 @click.option(
     "--trace",
     "trace_path",
@@ -183,9 +248,8 @@ def run(
         _announce_compiles(backend)
         executor = Executor(model, backend=backend)
         t1 = time.perf_counter()
-        with tqdm(
-            total=request.positions, desc="positions", unit="pos", disable=as_json, file=sys.stderr
-        ) as bar:
+        with progress_bar(total=request.positions, desc="positions", unit="pos",
+                          disable=as_json) as bar:  # fmt: skip
             (gen,) = executor.generate([request], on_position=bar.update)
         t_run = time.perf_counter() - t1
         if trace_path is not None:
@@ -238,8 +302,12 @@ def run(
     help="model to re-execute with (default: the one the trace names)",
 )
 @backend_option
-def verify_trace(path: Path, model_name: str | None, backend_name: str | None) -> None:
-    """Re-execute a trace file and confirm its trace root, or name the first differing record."""
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead")
+def verify_trace(
+    path: Path, model_name: str | None, backend_name: str | None, as_json: bool
+) -> None:
+    """Re-execute a trace file and confirm its trace root, or name the first differing record
+    (exit status 1)."""
     from refute.engine import backends, tracefile
     from refute.engine.checkpoint import load_model
     from refute.engine.executor import Executor
@@ -254,7 +322,7 @@ def verify_trace(path: Path, model_name: str | None, backend_name: str | None) -
                 f"{model.name} has {_hex(model.root)}"
             )
         request = claimed.request
-        with tqdm(total=request.positions, desc="re-executing", unit="pos", file=sys.stderr) as bar:
+        with progress_bar(total=request.positions, desc="re-executing", unit="pos") as bar:
             backend = backends.make(backend_name)
             _announce_compiles(backend)
             executor = Executor(model, backend=backend)
@@ -262,6 +330,16 @@ def verify_trace(path: Path, model_name: str | None, backend_name: str | None) -
     except RefuteError as exc:
         raise click.ClickException(str(exc)) from exc
     diff = claimed.trace.first_difference(gen.trace)
+    if as_json:
+        out = {"ok": diff is None and gen.output_tokens == claimed.tokens,
+               "trace_root": _hex(gen.trace.root()), "claimed_root": _hex(claimed.trace.root()),
+               "records": gen.trace.num_records, "tokens": gen.output_tokens,
+               "claimed_tokens": claimed.tokens, "first_difference": None}  # fmt: skip
+        if diff is not None:
+            node = model.program.nodes[diff[1]]
+            out["first_difference"] = {"position": diff[0], "node_id": diff[1], "node": node.name}
+        click.echo(json.dumps(out))
+        sys.exit(0 if out["ok"] else 1)
     if diff is None and gen.output_tokens == claimed.tokens:
         click.echo(
             f"ok: trace root {_hex(gen.trace.root())} confirmed "
@@ -288,7 +366,7 @@ def verify_trace(path: Path, model_name: str | None, backend_name: str | None) -
 @click.option("--prompt-tokens", default="1,2,3", show_default=True)
 @click.option("--max-new-tokens", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**256 - 1))
+@seed_option
 @click.option("--position", default=-1, show_default=True, help="-1: the last position")
 @click.option(
     "--node", "node_ref", default="lm_head", show_default=True, help="node name or id of the record"
@@ -371,7 +449,7 @@ def verify_step(
 @main.command()
 @click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**256 - 1))
+@seed_option
 @click.option(
     "--tamper-node",
     default=None,
@@ -379,7 +457,9 @@ def verify_step(
     "(default: the last layer's MLP down projection)",
 )
 @click.option(
+    "--state",
     "--state-dir",
+    "state_dir",
     type=click.Path(file_okay=False),
     default=None,
     help="the clients' state directories go here (default: a temporary directory)",
@@ -421,5 +501,4 @@ def demo(
 
 
 # the long-running processes register themselves on `main`
-from refute import cli_service  # noqa: E402, F401
-from refute import cli_serve  # noqa: E402, F401
+from refute import cli_serve, cli_service  # noqa: E402, F401

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from refute.cli import _parse_tokens, backend_option, main
+from refute.cli import _parse_tokens, backend_option, main, seed_option
 
 DEFAULT_ACCOUNT = {"prover": 1, "watcher": 2}
 
@@ -32,8 +32,10 @@ def _service_options(role: str) -> Callable:
             "--rpc",
             "rpc_url",
             default=None,
-            help="JSON-RPC URL of a node (default: an embedded py-evm chain, private to "
-            "this process)",
+            envvar=["REFUTE_RPC_URL", "ETH_RPC_URL"],
+            show_envvar=True,
+            help="JSON-RPC URL of a node (host:port is taken as http://; default: an "
+            "embedded py-evm chain, private to this process)",
         ),
         click.option(
             "--rpc-timeout",
@@ -125,10 +127,26 @@ def _service_options(role: str) -> Callable:
         ),
         click.option(
             "--bonds",
-            default="1e18,5e17,1e15",
+            default="1ether,0.5ether,0.001ether",
             show_default=True,
-            help="claim, challenge and move bonds in wei (when deploying)",
+            help="claim, challenge and move bonds (when deploying): amounts in wei or with a "
+            "unit (1ether, 0.05ether, 20gwei, 1e18)",
         ),
+        click.option(
+            "--fee",
+            default="10000gwei",
+            show_default=True,
+            help="claim fee per position, paid to the deployer (the watchers' fund), when "
+            "deploying: an amount as in --bonds",
+        ),
+        click.option(
+            "--deploy",
+            is_flag=True,
+            help="deploy a new game when none is given or saved (`prove` does so without it; "
+            "`watch --rpc` refuses to watch an empty game of its own unless told)",
+        ),
+        click.option("-q", "--quiet", is_flag=True, help="log only warnings and errors"),
+        click.option("-v", "--verbose", is_flag=True, help="also log every polling round"),
         click.option(
             "--confirmations",
             default=0,
@@ -163,17 +181,32 @@ def _service_options(role: str) -> Callable:
     return wrap
 
 
-def _bonds(text: str) -> tuple[int, int, int]:
+UNITS = {"wei": 0, "gwei": 9, "szabo": 12, "finney": 15, "ether": 18, "eth": 18}
+
+
+def parse_amount(text: str, option: str) -> int:
+    """An amount of wei: plain (`1000`, `1e18`) or with a unit (`1ether`, `0.05ether`,
+    `20gwei`); it must come to a whole number of wei."""
+    raw = text.strip().lower()
+    unit = next((u for u in sorted(UNITS, key=len, reverse=True) if raw.endswith(u)), "wei")
+    number = raw[: len(raw) - len(unit)] if raw.endswith(unit) else raw
     try:
-        amounts = [Decimal(x) for x in text.split(",")]
+        value = Decimal(number.strip()) * (Decimal(10) ** UNITS[unit])
     except InvalidOperation:
-        amounts = []
-    values = tuple(int(a) for a in amounts if a == a.to_integral_value())
-    if len(values) != 3 or len(amounts) != 3 or min(values) < 0:
+        raise click.BadParameter(f"{text!r} is not an amount (e.g. 1ether, 20gwei, 1e18)",
+                                 param_hint=option) from None  # fmt: skip
+    if value < 0 or value != value.to_integral_value():
+        raise click.BadParameter(f"{text!r} is not a whole number of wei", param_hint=option)
+    return int(value)
+
+
+def _bonds(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3:
         raise click.BadParameter(
-            f"expected three amounts in wei, got {text!r}", param_hint="--bonds"
+            f"expected three amounts (claim, challenge, move), got {text!r}", param_hint="--bonds"
         )
-    return values  # type: ignore[return-value]
+    return tuple(parse_amount(p, "--bonds") for p in parts)  # type: ignore[return-value]
 
 
 def _account(w3: Any, ref: str, key_env: str | None) -> str:
@@ -207,8 +240,9 @@ def _account(w3: Any, ref: str, key_env: str | None) -> str:
     return matches[0]
 
 
-def _open(role: str, opts: dict[str, Any]):
-    """Chain, account, game (joined or deployed), model and log of a service process."""
+def _open(role: str, opts: dict[str, Any], check: Callable[[Any], None] | None = None):
+    """Chain, account, game (joined or deployed), model and log of a service process. `check`
+    validates the inputs that need the model before anything is deployed or sent."""
     from refute.bisection.deployment import Deployment
     from refute.bisection.eventlog import EventLog
     from refute.contracts.chain import connect
@@ -229,14 +263,28 @@ def _open(role: str, opts: dict[str, Any]):
     if opts["log_file"]:
         stream = open(opts["log_file"], "a")
         atexit.register(stream.close)
-    log = EventLog(stream, role, opts["log_format"])
+    level = "warning" if opts["quiet"] else "debug" if opts["verbose"] else "info"
+    log = EventLog(stream, role, opts["log_format"], level=level)
+    model = load_model(opts["model_ref"] or DEMO_MODEL_DIR)
+    if check is not None:
+        check(model)
+    claim, challenge, move = _bonds(opts["bonds"])
+    fee = parse_amount(opts["fee"], "--fee")
+    if opts["extension"] > opts["clock"]:
+        raise click.BadParameter(
+            "the extension must not exceed the clock", param_hint="--extension"
+        )
     w3 = connect(rpc, timeout=opts["rpc_timeout"])
     account = _account(w3, opts["account"], opts["key_env"])
-    model = load_model(opts["model_ref"] or DEMO_MODEL_DIR)
     saved = state / Deployment.FILE
     address = opts["game_address"]
     if address is None and saved.exists():
         address = Deployment.load(state).game
+    if address is None and rpc is not None and role == "watcher" and not opts["deploy"]:
+        raise click.UsageError(
+            "give --game ADDRESS (the game to watch, from the prover's `deployed` event) or "
+            "--deploy to deploy a new, empty game"
+        )
     if address is not None:
         game = GameClient.at(w3, address)
         deployment = Deployment.of(game, rpc, 0)
@@ -258,15 +306,11 @@ def _open(role: str, opts: dict[str, Any]):
             state=str(state),
         )
     else:
-        claim, challenge, move = _bonds(opts["bonds"])
-        if opts["extension"] > opts["clock"]:
-            raise click.BadParameter(
-                "the extension must not exceed the clock", param_hint="--extension"
-            )
         params = GameParams(
             claim_bond=claim,
             challenge_bond=challenge,
             move_bond=move,
+            fee_per_position=fee,
             window=opts["window"],
             clock=opts["clock"],
             extension=opts["extension"],
@@ -399,7 +443,7 @@ def _executor(model: Any, opts: dict[str, Any], tamper: Any = None):
 )
 @click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**256 - 1))
+@seed_option
 @click.option(
     "--watch",
     "also_watch",
@@ -441,7 +485,9 @@ def prove(
     try:
         if requests_path not in (None, "-") and not Path(requests_path).is_file():
             raise click.BadParameter(f"{requests_path} is not a file", param_hint="--requests")
-        game, model, account, log, state, deployment = _open("prover", opts)
+        game, model, account, log, state, deployment = _open(
+            "prover", opts, check=lambda m: _drill(parse_cheat, cheat, m, "--cheat")
+        )
         hook = _drill(parse_cheat, cheat, model, "--cheat")
         game.register(model, sender=account)
         worker = _worker(opts)
@@ -521,7 +567,9 @@ def watch(from_block, lie, **opts) -> None:
     from refute.errors import RefuteError
 
     try:
-        game, model, account, log, state, deployment = _open("watcher", opts)
+        game, model, account, log, state, deployment = _open(
+            "watcher", opts, check=lambda m: _drill(parse_lie, lie, m, "--lie")
+        )
         if opts["rpc_url"] is None:
             log(
                 "warning",

@@ -217,8 +217,8 @@ def test_watch_lie_disputes_an_honest_claim_and_loses(anvil_web3, tmp_path: Path
     url = anvil_web3.provider.endpoint_uri
     wlog, plog = tmp_path / "watcher.log", tmp_path / "prover.log"
     common = ["--rpc", url, "--model", "tiny-llama", "--interval", "0.3"]
-    watcher = _start(["watch", *common, "--lie", "2,layers.0.attn.o,7", "--window", "15",
-                      "--state", str(tmp_path / "w")], wlog)  # fmt: skip
+    watcher = _start(["watch", *common, "--deploy", "--lie", "2,layers.0.attn.o,7",
+                      "--window", "15", "--state", str(tmp_path / "w")], wlog)  # fmt: skip
     prover = None
     try:
         game = _wait(watcher, wlog, lambda ev: "started" in [e["event"] for e in ev])[0]["game"]

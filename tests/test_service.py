@@ -128,7 +128,9 @@ def test_watch_bad_game_address_is_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["watch", "--model", "tiny-llama", "--bonds", "1,2", "--state", str(tmp_path / "b")]
     )
-    assert result.exit_code == 2 and "expected three amounts in wei" in result.output
+    assert (
+        result.exit_code == 2 and "expected three amounts (claim, challenge, move)" in result.output
+    )
 
 
 # --- separate processes on a real node ------------------------------------------------------------
