@@ -108,8 +108,8 @@ class TrackedGame(GameClient):
         except Exception as exc:  # the node may have taken it: unknown until reconciled
             raise TransactionUnknown(f"{fn}: sending failed ({type(exc).__name__}: {exc}); "
                                      "it will be looked up again") from exc  # fmt: skip
-        self.store.update_intent(intent.id, state="sent", tx_hash=tx_hash.hex())
         self.last_tx = "0x" + bytes(tx_hash).hex()
+        self.store.update_intent(intent.id, state="sent", tx_hash=self.last_tx)
         crash_point(self.role, "sent", fn)
         try:
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_wait)
