@@ -31,6 +31,7 @@ from refute.bisection.player import (
     request_from_json,
     request_to_json,
 )
+from refute.bisection.workers import GenerateJob
 from refute.contracts.game import ClaimStatus, GameError
 from refute.contracts.onestep import ListTree
 from refute.engine import merkle
@@ -52,10 +53,6 @@ class Challenger(Player):
         super().__init__(*args, **kwargs)
         self.speed: float | None = None  # positions per second of its re-executions (measured)
         self._at_risk: set[int] = set()
-
-    def _rebuild(self, claim_id: int) -> Generation:
-        """Its re-execution of claim `claim_id`, from the stored request."""
-        return self._generate(request_from_json(self.store["claims"][str(claim_id)]["request"]))
 
     def verdict(self, claim_id: int) -> str | None:
         """What it concluded about a claim: match, dispute, token-mismatch, other-model, ...
@@ -105,8 +102,8 @@ class Challenger(Player):
         elif c.status != ClaimStatus.PENDING or self.now() >= c.deadline:
             info["verdict"] = "closed"
         else:
-            self.worker.submit(("reexecute", cid), float(c.deadline),
-                               lambda: self._generate(request))  # fmt: skip
+            self.worker.submit(("reexecute", cid), float(c.deadline), GenerateJob(request),
+                               executor=self.executor)  # fmt: skip
         self.store.save()
 
     def _act(self) -> list[dict[str, Any]]:
@@ -152,8 +149,8 @@ class Challenger(Player):
         if not self.worker.ready(key):
             if not self.worker.busy(key):  # after a restart: queue it again
                 request = request_from_json(info["request"])
-                self.worker.submit(key, float(info.get("deadline", 0)),
-                                   lambda: self._generate(request))  # fmt: skip
+                self.worker.submit(key, float(info.get("deadline", 0)), GenerateJob(request),
+                                   executor=self.executor)  # fmt: skip
             return
         try:
             gen = self.worker.take(key)

@@ -16,6 +16,7 @@ LEVELS = {
     "warning": "warning", "claim.at_risk": "warning", "reorg": "warning",
     "claim.undone": "warning", "dispute.undone": "warning", "tx.unknown": "warning",
     "request.rejected": "warning", "liveness": "warning", "round": "debug",
+    "worker.actor_lost": "warning", "worker.failed": "error",
 }  # fmt: skip
 """Severity of each event (`level` in the log); every other event is "info"."""
 ORDER = ("debug", "info", "warning", "error")

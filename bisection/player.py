@@ -19,7 +19,7 @@ import numpy as np
 from refute.bisection.follower import ChainFollower
 from refute.bisection.store import Store
 from refute.bisection.transactions import TrackedGame, TransactionUnknown
-from refute.bisection.workers import URGENT, ModelWorker
+from refute.bisection.workers import URGENT, GenerateJob, ModelWorker
 from refute.contracts.game import (
     CHALLENGE,
     CLAIM,
@@ -218,10 +218,14 @@ class Player:
 
     # --- to implement -----------------------------------------------------------------------
 
-    def _rebuild(self, claim_id: int) -> Generation:
-        """This client's generation for a claim (its own, or its re-execution), recomputed from
-        what the store and the chain say (model work: runs on the worker)."""
-        raise NotImplementedError
+    def _rebuild_job(self, claim_id: int) -> GenerateJob:
+        """The job recomputing this client's generation for a claim (its own, or its
+        re-execution) from the request its store holds (model work: runs on the worker)."""
+        return GenerateJob(request_from_json(self.store["claims"][str(claim_id)]["request"]))
+
+    def _rebuilt(self, claim_id: int, gen: Generation) -> Generation:
+        """Check a recomputed generation against what the chain says (a hook; as is here)."""
+        return gen
 
     def _from_events(self, head: int) -> None:
         """Adopt from events up to `head` what this client did on chain but may not have
@@ -248,10 +252,10 @@ class Player:
             return self._sides[claim_id]
         key = ("side", claim_id)
         if not self.worker.ready(key):
-            self.worker.submit(key, priority, lambda: self._rebuild(claim_id))
+            self.worker.submit(key, priority, self._rebuild_job(claim_id), executor=self.executor)
             if not self.worker.ready(key):
                 return None
-        return self._side(claim_id, self.worker.take(key))
+        return self._side(claim_id, self._rebuilt(claim_id, self.worker.take(key)))
 
     def side_for(self, claim_id: int) -> Side:
         """The Side of a claim, computed now if need be (waits for the worker)."""

@@ -31,6 +31,7 @@ from refute.bisection.player import (
     request_from_json,
     request_to_json,
 )
+from refute.bisection.workers import GenerateJob
 from refute.contracts.game import ClaimStatus, GameError, decode_tokens
 from refute.engine.executor import Generation, Request
 from refute.errors import RefuteError
@@ -144,18 +145,18 @@ class Prover(Player):
                                "gas": self.game.gas_used[-1][1]})  # fmt: skip
             elif not self.worker.busy(job):
                 request = request_from_json(info["request"])
-                self.worker.submit(job, REQUESTS_AFTER + next(self._order),
-                                   lambda r=request, k=key: self._run_request(r, k))  # fmt: skip
+                self.worker.submit(job, REQUESTS_AFTER + next(self._order), GenerateJob(request),
+                                   executor=self.executor,
+                                   on_position=self._advance(key))  # fmt: skip
         return posted
 
-    def _run_request(self, request: Request, key: str) -> Generation:
-        self.progress[key] = 0
+    def _advance(self, key: str) -> Callable[[int], None]:
+        """The progress report of a local generation (a Ray actor's reports none)."""
 
         def advance(n: int) -> None:
             self.progress[key] = self.progress.get(key, 0) + n
 
-        (gen,) = self.executor.generate([request], on_position=advance)
-        return gen
+        return advance
 
     # --- reconciliation ----------------------------------------------------------------------
 
@@ -247,10 +248,9 @@ class Prover(Player):
     def generation(self, claim_id: int) -> Generation:
         return self.side_for(claim_id).gen
 
-    def _rebuild(self, claim_id: int) -> Generation:
-        """The generation of claim `claim_id`, re-run from its stored request."""
-        info = self.store["claims"][str(claim_id)]
-        gen = self._generate(request_from_json(info["request"]))
+    def _rebuilt(self, claim_id: int, gen: Generation) -> Generation:
+        """The generation of claim `claim_id`, re-run from its stored request: it must give the
+        claim's trace root."""
         if gen.trace.root() != self.game.claim(claim_id).trace_root:
             raise RefuteError(f"re-running claim {claim_id} does not give its trace root")
         return gen

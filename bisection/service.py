@@ -101,6 +101,7 @@ class Service:
             if withdrawn:
                 self.log("withdrawn", account=client.account, wei=withdrawn)
                 busy = True
+        busy |= self._worker_notes()
         if ok:
             self._recovered()
         self.rounds += 1
@@ -108,6 +109,14 @@ class Service:
         self._observe()
         self.status(self.status_line())
         return busy
+
+    def _worker_notes(self) -> bool:
+        """What the model workers report (a Ray actor lost, its job retried), logged once."""
+        workers = {id(c.worker): c.worker for c in self.clients}.values()
+        notes = [n for w in workers for n in w.take_notes()]
+        for event, fields in notes:
+            self.log(event, **fields)
+        return bool(notes)
 
     def _failed(self, client: Player, exc: Exception) -> None:
         self.errors += 1

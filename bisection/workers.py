@@ -11,20 +11,46 @@ the heavy work runs in numpy and in numba kernels compiled with `nogil=True`, wh
 GIL; between kernel calls CPython hands the GIL to the game loop within its switch interval
 (5 ms). The game loop itself only waits on the node. `ModelWorker(threads=0)` runs each job at
 once in the caller's thread: the synchronous mode of the library API and of most tests.
+
+A job is a small picklable description (`GenerateJob`) with a `run(executor)` method: this
+worker runs it with the submitting client's executor, a `RayWorker` (bisection/ray_worker.py)
+sends it to actors that run it with theirs: one code path, two executors.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from refute.engine.executor import Executor, Generation, Request
 
 URGENT = 0.0
 """Priority of work a dispute is waiting for (before every deadline)."""
+
+
+class Job(Protocol):
+    def run(self, executor: Executor, on_position: Callable[[int], None] | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """Generate (or re-execute) one request: all a claim, a re-execution or a dispute's
+    recomputation needs from model work (the caches are the checkpoints `Executor.recompute`
+    opens any record from, in the process that plays the dispute)."""
+
+    request: Request
+
+    def run(
+        self, executor: Executor, on_position: Callable[[int], None] | None = None
+    ) -> Generation:
+        (gen,) = executor.generate([self.request], on_position=on_position)
+        return gen
 
 
 @dataclass(order=True)
@@ -49,6 +75,7 @@ class ModelWorker:
         self._done: dict[Hashable, tuple[bool, Any]] = {}
         self._stop = False
         self.seconds: dict[Hashable, float] = {}
+        self.notes: list[tuple[str, dict[str, Any]]] = []  # what the service should log
         self._pool = [
             threading.Thread(target=self._serve, name=f"model-worker-{i}", daemon=True)
             for i in range(threads)
@@ -56,9 +83,18 @@ class ModelWorker:
         for t in self._pool:
             t.start()
 
-    def submit(self, key: Hashable, priority: float, fn: Callable[[], Any]) -> None:
-        """Queue `fn` under `key` (once: a key queued, running or done is not queued again; a
-        second submission with a more urgent priority moves it up)."""
+    def submit(
+        self,
+        key: Hashable,
+        priority: float,
+        job: Job,
+        *,
+        executor: Executor | None = None,
+        on_position: Callable[[int], None] | None = None,
+    ) -> None:
+        """Queue `job` under `key`, to run with `executor` (once: a key queued, running or done
+        is not queued again; a second submission with a more urgent priority moves it up)."""
+        fn = functools.partial(job.run, executor, on_position)
         with self._lock:
             if key in self._running or key in self._done:
                 return
@@ -103,6 +139,12 @@ class ModelWorker:
         """Jobs running now, with their start time."""
         with self._lock:
             return dict(self._running)
+
+    def take_notes(self) -> list[tuple[str, dict[str, Any]]]:
+        """Events for the service's log since the last call (a local pool has none)."""
+        with self._lock:
+            notes, self.notes = self.notes, []
+        return notes
 
     def close(self) -> None:
         with self._lock:

@@ -163,6 +163,22 @@ def _service_options(role: str) -> Callable:
             help="model-work threads (generations, re-executions), apart from the game loop",
         ),
         click.option(
+            "--ray",
+            "ray_address",
+            default=None,
+            metavar="ADDRESS",
+            help="run model work on the actors of a Ray cluster at ADDRESS ('auto': the local "
+            "one, started if none runs; needs the extra refute[ray]); the game loop, chain "
+            "follower and state stay in this process",
+        ),
+        click.option(
+            "--ray-actors",
+            default=None,
+            type=click.IntRange(min=1),
+            help="Ray actors, each loading the model once (default: one per GPU of the "
+            "cluster, else one per CPU)",
+        ),
+        click.option(
             "--metrics-port",
             default=0,
             type=click.IntRange(min=0, max=65535),
@@ -349,10 +365,20 @@ def _node_failure(exc: Exception) -> click.ClickException:
     )
 
 
-def _worker(opts: dict[str, Any]):
+def _worker(opts: dict[str, Any], model: Any = None, drill: str | None = None, share: Any = None):
+    """The local pool, or with --ray the actors of a cluster (running the same jobs, with an
+    executor of the same model, backend and drill). `share`: the local pool of another client
+    of this process, used again (each job carries its client's executor); actors hold one."""
     from refute.bisection.workers import ModelWorker
 
-    return ModelWorker(threads=opts["workers"])
+    if opts.get("ray_address") is None:
+        return share if share is not None else ModelWorker(threads=opts["workers"])
+    from refute.bisection.ray_worker import RayWorker, connect
+    from refute.demo_model import DEMO_MODEL_DIR
+
+    connect(opts["ray_address"])
+    return RayWorker(opts["model_ref"] or DEMO_MODEL_DIR, model.root, actors=opts["ray_actors"],
+                     backend=opts["backend_name"], drill=drill)  # fmt: skip
 
 
 def _run(service: Any, opts: dict[str, Any], model: Any, executor: Any) -> None:
@@ -391,6 +417,8 @@ def _run(service: Any, opts: dict[str, Any], model: Any, executor: Any) -> None:
             server.close()
         status.close()
         restore()
+        for worker in {id(c.worker): c.worker for c in service.clients}.values():
+            worker.close()  # Ray actors end with the process that made them, or here
 
 
 def _drill_syntax(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -459,6 +487,14 @@ def _executor(model: Any, opts: dict[str, Any], tamper: Any = None):
     "NODE a node name such as layers.1.mlp.down, or its id), so that watchers dispute them "
     "and win; the claim bond is lost",
 )
+@click.option(
+    "--oracle",
+    "oracle_address",
+    default=None,
+    metavar="ADDRESS",
+    help="also serve the requests of the InferenceOracle at ADDRESS for the model: answer each "
+    "with a claim and deliver the output once it is final (bisection/oracle_client.py)",
+)
 def prove(
     prompts,
     token_prompts,
@@ -468,6 +504,7 @@ def prove(
     seed,
     also_watch,
     cheat,
+    oracle_address,
     **opts,
 ) -> None:
     """Serve inference requests as claims on a chain and defend them: run each request, post its
@@ -490,8 +527,14 @@ def prove(
         )
         hook = _drill(parse_cheat, cheat, model, "--cheat")
         game.register(model, sender=account)
-        worker = _worker(opts)
-        prover = Prover(
+        worker = _worker(opts, model, cheat)
+        serving: dict[str, Any] = {}
+        if oracle_address is not None:
+            from refute.bisection.oracle_client import OracleProver
+            from refute.contracts.oracle import OracleClient
+
+            serving = {"oracle": OracleClient.at(game, oracle_address)}
+        prover = (OracleProver if serving else Prover)(
             game,
             model,
             state / "prover",
@@ -500,6 +543,7 @@ def prove(
             consistent_lies=hook is not None,
             worker=worker,
             confirmations=opts["confirmations"],
+            **serving,
         )
         clients = [prover]
         if also_watch:
@@ -509,7 +553,7 @@ def prove(
                 state / "watcher",
                 account,
                 executor=prover.executor if hook is None else _executor(model, opts),
-                worker=worker,
+                worker=worker if hook is None else _worker(opts, model, share=worker),
                 confirmations=opts["confirmations"],
             )
             if watcher.store["cursor"] == 0:
@@ -584,7 +628,7 @@ def watch(from_block, lie, **opts) -> None:
             account,
             executor=_executor(model, opts, hook),
             consistent_lies=hook is not None,
-            worker=_worker(opts),
+            worker=_worker(opts, model, lie),
             confirmations=opts["confirmations"],
         )
         if from_block is not None:
