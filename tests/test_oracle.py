@@ -844,3 +844,33 @@ def test_consumer_served_by_prove_oracle_processes_on_anvil(anvil_web3: Web3, mo
     assert any(e["event"] == "withdrawn" and e["wei"] >= FEE for e in log)
     cheater = [e["event"] for e in _events(tmp_path / "cheater.log")]
     assert "oracle.answered" in cheater and "oracle.delivered" not in cheater
+
+
+def test_a_restarted_oracle_prover_answers_and_delivers_once(model, tmp_path) -> None:
+    """An OracleProver replaced by a new one on the same state directory (a restart) after it
+    answered: the new one commits, claims and answers nothing again, and delivers once."""
+    from refute.bisection.oracle_client import OracleProver
+
+    w3 = embedded_chain()
+    game = GameClient.deploy(w3=w3, params=GameParams(window=30))
+    game.register(model)
+    oracle = OracleClient.deploy(game)
+    acc = w3.eth.accounts
+    rid = ask(oracle, model, acc[USER])
+    prover = OracleProver(game, model, tmp_path / "p", acc[PROVER], oracle=oracle)
+    until = time.monotonic() + 60
+    while oracle.get(rid).status != RequestStatus.ANSWERED and time.monotonic() < until:
+        prover.poll()
+    assert oracle.get(rid).status == RequestStatus.ANSWERED
+    prover.store.close()
+    again = OracleProver(game, model, tmp_path / "p", acc[PROVER], oracle=oracle)
+    again.resume()
+    for _ in range(3):
+        assert [m["fn"] for m in again.poll()] == []
+    finalise(game, oracle.get(rid).claim_id)
+    assert [m["fn"] for m in again.poll()] == ["deliver"]
+    assert again.poll() == [] and again.collect() == GameParams().claim_bond + FEE  # bond, fee
+    counts = {n: len(oracle.events(n)) for n in ("Committed", "Answered", "Delivered")}
+    assert counts == {"Committed": 1, "Answered": 1, "Delivered": 1}
+    assert len(game.events("ClaimPosted")) == 1
+    assert again.requests_seen[str(rid)]["outcome"] == "delivered"
