@@ -31,7 +31,6 @@ from refute.bisection.player import (
     request_from_json,
     request_to_json,
 )
-from refute.bisection.workers import GenerateJob
 from refute.contracts.game import ClaimStatus, GameError
 from refute.contracts.onestep import ListTree
 from refute.engine import merkle
@@ -102,7 +101,7 @@ class Challenger(Player):
         elif c.status != ClaimStatus.PENDING or self.now() >= c.deadline:
             info["verdict"] = "closed"
         else:
-            self.worker.submit(("reexecute", cid), float(c.deadline), GenerateJob(request),
+            self.worker.submit(("reexecute", cid), float(c.deadline), self._job(request),
                                executor=self.executor)  # fmt: skip
         self.store.save()
 
@@ -149,7 +148,7 @@ class Challenger(Player):
         if not self.worker.ready(key):
             if not self.worker.busy(key):  # after a restart: queue it again
                 request = request_from_json(info["request"])
-                self.worker.submit(key, float(info.get("deadline", 0)), GenerateJob(request),
+                self.worker.submit(key, float(info.get("deadline", 0)), self._job(request),
                                    executor=self.executor)  # fmt: skip
             return
         try:

@@ -218,10 +218,10 @@ class Player:
 
     # --- to implement -----------------------------------------------------------------------
 
-    def _rebuild_job(self, claim_id: int) -> GenerateJob:
+    def _rebuild_job(self, claim_id: int) -> Any:
         """The job recomputing this client's generation for a claim (its own, or its
         re-execution) from the request its store holds (model work: runs on the worker)."""
-        return GenerateJob(request_from_json(self.store["claims"][str(claim_id)]["request"]))
+        return self._job(request_from_json(self.store["claims"][str(claim_id)]["request"]))
 
     def _rebuilt(self, claim_id: int, gen: Generation) -> Generation:
         """Check a recomputed generation against what the chain says (a hook; as is here)."""
@@ -235,6 +235,11 @@ class Player:
         """Forget what a reorg from block `fork` undid (it is re-read and, if due, re-sent)."""
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def _job(self, request: Request) -> Any:
+        """The model job generating `request` (a picklable description: the local pool runs it
+        with this client's executor, Ray actors with theirs)."""
+        return GenerateJob(request)
 
     def _generate(self, request: Request) -> Generation:
         (gen,) = self.executor.generate([request])

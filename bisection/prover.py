@@ -31,7 +31,6 @@ from refute.bisection.player import (
     request_from_json,
     request_to_json,
 )
-from refute.bisection.workers import GenerateJob
 from refute.contracts.game import ClaimStatus, GameError, decode_tokens
 from refute.engine.executor import Generation, Request
 from refute.errors import RefuteError
@@ -145,7 +144,7 @@ class Prover(Player):
                                "gas": self.game.gas_used[-1][1]})  # fmt: skip
             elif not self.worker.busy(job):
                 request = request_from_json(info["request"])
-                self.worker.submit(job, REQUESTS_AFTER + next(self._order), GenerateJob(request),
+                self.worker.submit(job, REQUESTS_AFTER + next(self._order), self._job(request),
                                    executor=self.executor,
                                    on_position=self._advance(key))  # fmt: skip
         return posted

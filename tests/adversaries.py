@@ -524,6 +524,17 @@ class CheatingProver(Prover):
         return claim_id
 
 
+@dataclass(frozen=True)
+class CheatJob:
+    """A model job generating the cheat's way (the workers run jobs, not closures)."""
+
+    cheat: Cheat
+    request: Request
+
+    def run(self, executor: Any, on_position: Any = None) -> Generation:
+        return self.cheat.generate(self.request)
+
+
 class LyingChallenger(Challenger):
     """The challenger client re-executing claims the cheat's way, disputing with that root
     and playing with a LyingSide."""
@@ -536,6 +547,9 @@ class LyingChallenger(Challenger):
 
     def _generate(self, request: Request) -> Generation:
         return self.cheat.generate(request)
+
+    def _job(self, request: Request) -> CheatJob:
+        return CheatJob(self.cheat, request)
 
     def _side(self, claim_id: int, gen: Generation) -> Side:
         side = make_side(self.model, self.executor, gen, self.cheat, self.level3)
