@@ -96,6 +96,9 @@ def test_without_ray_the_error_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(ray_worker.WorkerError, match=r"pip install 'refute\[ray\]'"):
         ray_worker.connect("auto")
+    result = CliRunner().invoke(main, ["watch", "--model", "tiny-llama", "--ray", "auto",
+                                       "--no-metrics", "--max-seconds", "1"])  # fmt: skip
+    assert result.exit_code == 1 and "pip install 'refute[ray]'" in result.output
 
 
 @needs_ray
