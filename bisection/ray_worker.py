@@ -30,11 +30,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refute.bisection.workers import Job
+from refute.bisection.workers import Job, JobQueue, QueuedJob
 from refute.errors import RefuteError
 
 EXTRA = "pip install 'refute[ray]'"
@@ -103,16 +103,6 @@ class ModelActor:
         return result, time.monotonic() - start
 
 
-@dataclass(order=True)
-class _Job:
-    priority: float
-    seq: int
-    key: Hashable = field(compare=False)
-    job: Job = field(compare=False)
-    submitted: float = field(compare=False, default_factory=time.time)
-    attempts: int = field(compare=False, default=0)
-
-
 @dataclass
 class _Actor:
     name: str
@@ -124,7 +114,7 @@ class _Actor:
     lost: bool = False
 
 
-class RayWorker:
+class RayWorker(JobQueue):
     """A priority queue of model jobs served by `actors` Ray actors (the `ModelWorker`
     interface: submit, ready, take, busy, queue, running, seconds, take_notes, close)."""
 
@@ -156,21 +146,14 @@ class RayWorker:
         self.model_root = model_root
         self.per_actor = per_actor
         self.attempts = attempts
-        self.seconds: dict[Hashable, float] = {}
-        self.notes: list[tuple[str, dict[str, Any]]] = []
+        super().__init__()
         self._remote = ray.remote(ModelActor).options(
             num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_concurrency=1
         )
         self._args = (self.model_ref, backend, drill)
         self._names = itertools.count()
-        self._heap: list[_Job] = []
-        self._seq = itertools.count()
-        self._lock = threading.Condition()
-        self._queued: dict[Hashable, _Job] = {}
         self._running: dict[Hashable, tuple[float, _Actor]] = {}
-        self._done: dict[Hashable, tuple[bool, Any]] = {}
-        self._flight: dict[Any, tuple[_Job, _Actor]] = {}  # ObjectRef -> (job, actor)
-        self._stop = False
+        self._flight: dict[Any, tuple[QueuedJob, _Actor]] = {}  # ObjectRef -> (job, actor)
         self.actors = [self._spawn() for _ in range(actors)]
         deadline = time.monotonic() + start_timeout
         for actor in self.actors:  # the first actors are waited for: a wrong model fails here
@@ -198,39 +181,9 @@ class RayWorker:
         `on_position` are the local pool's: an actor runs the job with its own executor (built
         from the same model reference, backend and drill) and reports no progress."""
         with self._lock:
-            if key in self._running or key in self._done:
-                return
-            queued = self._queued.get(key)
-            if queued is not None:
-                if priority < queued.priority:
-                    queued.priority = priority
-                    heapq.heapify(self._heap)
-                return
-            entry = _Job(priority, next(self._seq), key, job)
-            self._queued[key] = entry
-            heapq.heappush(self._heap, entry)
-            self._lock.notify_all()
-
-    def ready(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._done
-
-    def take(self, key: Hashable) -> Any:
-        """The result of a finished job (removed; its exception is raised here)."""
-        with self._lock:
-            ok, value = self._done.pop(key)
-        if not ok:
-            raise value
-        return value
-
-    def busy(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._queued or key in self._running
-
-    def queue(self) -> list[tuple[Hashable, float, float]]:
-        """(key, priority, submitted) of the jobs waiting, most urgent first."""
-        with self._lock:
-            return [(j.key, j.priority, j.submitted) for j in sorted(self._heap)]
+            entry = self._enqueue(key, priority, job)
+            if entry is not None:
+                self._push(entry)
 
     def running(self) -> dict[Hashable, float]:
         """Jobs running now (sent to an actor), with the time they were sent."""
@@ -241,12 +194,6 @@ class RayWorker:
         """Job -> the process id of the actor running it (for operators and fault drills)."""
         with self._lock:
             return {k: a.pid for k, (_, a) in self._running.items()}
-
-    def take_notes(self) -> list[tuple[str, dict[str, Any]]]:
-        """Events for the service's log since the last call (actors lost, jobs retried)."""
-        with self._lock:
-            notes, self.notes = self.notes, []
-        return notes
 
     def _note(self, note: tuple[str, dict[str, Any]]) -> None:
         with self._lock:
@@ -330,7 +277,7 @@ class RayWorker:
                 entry = heapq.heappop(self._heap)
                 del self._queued[entry.key]
                 entry.attempts += 1
-                ref = actor.handle.run.remote(entry.job)
+                ref = actor.handle.run.remote(entry.payload)
                 actor.flight += 1
                 self._flight[ref] = (entry, actor)
                 self._running[entry.key] = (time.time(), actor)
@@ -368,7 +315,7 @@ class RayWorker:
             self._done[entry.key] = outcome
             self.seconds[entry.key] = seconds
 
-    def _retry(self, entry: _Job, actor: _Actor, error: str) -> None:
+    def _retry(self, entry: QueuedJob, actor: _Actor, error: str) -> None:
         with self._lock:
             self._running.pop(entry.key, None)
             if entry.attempts >= self.attempts:

@@ -54,65 +54,50 @@ class GenerateJob:
 
 
 @dataclass(order=True)
-class _Job:
+class QueuedJob:
+    """A job waiting in a queue: most urgent priority first, then first submitted."""
+
     priority: float
     seq: int
     key: Hashable = field(compare=False)
-    fn: Callable[[], Any] = field(compare=False)
+    payload: Any = field(compare=False)  # what the worker runs: a call, or the Job itself
     submitted: float = field(compare=False, default_factory=time.time)
+    attempts: int = field(compare=False, default=0)
 
 
-class ModelWorker:
-    """A priority queue of model jobs served by `threads` threads (0: run at submission)."""
+class JobQueue:
+    """What every model worker shares: jobs by key (each key once), most urgent first, their
+    results kept until taken, and notes for the service's log."""
 
-    def __init__(self, threads: int = 1) -> None:
-        self.threads = threads
-        self._heap: list[_Job] = []
+    def __init__(self) -> None:
+        self._heap: list[QueuedJob] = []
         self._seq = itertools.count()
         self._lock = threading.Condition()
-        self._queued: dict[Hashable, _Job] = {}
-        self._running: dict[Hashable, float] = {}
+        self._queued: dict[Hashable, QueuedJob] = {}
+        self._running: dict[Hashable, Any] = {}
         self._done: dict[Hashable, tuple[bool, Any]] = {}
         self._stop = False
         self.seconds: dict[Hashable, float] = {}
         self.notes: list[tuple[str, dict[str, Any]]] = []  # what the service should log
-        self._pool = [
-            threading.Thread(target=self._serve, name=f"model-worker-{i}", daemon=True)
-            for i in range(threads)
-        ]
-        for t in self._pool:
-            t.start()
 
-    def submit(
-        self,
-        key: Hashable,
-        priority: float,
-        job: Job,
-        *,
-        executor: Executor | None = None,
-        on_position: Callable[[int], None] | None = None,
-    ) -> None:
-        """Queue `job` under `key`, to run with `executor` (once: a key queued, running or done
-        is not queued again; a second submission with a more urgent priority moves it up)."""
-        fn = functools.partial(job.run, executor, on_position)
-        with self._lock:
-            if key in self._running or key in self._done:
-                return
-            job = self._queued.get(key)
-            if job is not None:
-                if priority < job.priority:
-                    job.priority = priority
-                    heapq.heapify(self._heap)
-                return
-            job = _Job(priority, next(self._seq), key, fn)
-            if self.threads == 0:
-                self._running[key] = time.time()
-            else:
-                self._queued[key] = job
-                heapq.heappush(self._heap, job)
-                self._lock.notify()
-                return
-        self._run(job)
+    def _enqueue(self, key: Hashable, priority: float, payload: Any) -> QueuedJob | None:
+        """The new entry for `key` (not yet pushed), or None when the key is running, done or
+        queued already (a more urgent priority moves a queued one up). Call with the lock."""
+        if key in self._running or key in self._done:
+            return None
+        queued = self._queued.get(key)
+        if queued is not None:
+            if priority < queued.priority:
+                queued.priority = priority
+                heapq.heapify(self._heap)
+            return None
+        return QueuedJob(priority, next(self._seq), key, payload)
+
+    def _push(self, entry: QueuedJob) -> None:
+        """Queue an entry for the serving threads. Call with the lock."""
+        self._queued[entry.key] = entry
+        heapq.heappush(self._heap, entry)
+        self._lock.notify_all()
 
     def ready(self, key: Hashable) -> bool:
         with self._lock:
@@ -135,16 +120,51 @@ class ModelWorker:
         with self._lock:
             return [(j.key, j.priority, j.submitted) for j in sorted(self._heap)]
 
+    def take_notes(self) -> list[tuple[str, dict[str, Any]]]:
+        """Events for the service's log since the last call."""
+        with self._lock:
+            notes, self.notes = self.notes, []
+        return notes
+
+
+class ModelWorker(JobQueue):
+    """A priority queue of model jobs served by `threads` threads (0: run at submission)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        super().__init__()
+        self.threads = threads
+        self._pool = [
+            threading.Thread(target=self._serve, name=f"model-worker-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for t in self._pool:
+            t.start()
+
+    def submit(
+        self,
+        key: Hashable,
+        priority: float,
+        job: Job,
+        *,
+        executor: Executor | None = None,
+        on_position: Callable[[int], None] | None = None,
+    ) -> None:
+        """Queue `job` under `key`, to run with `executor` (once: a key queued, running or done
+        is not queued again; a second submission with a more urgent priority moves it up)."""
+        with self._lock:
+            entry = self._enqueue(key, priority, functools.partial(job.run, executor, on_position))
+            if entry is None:
+                return
+            if self.threads:
+                self._push(entry)
+                return
+            self._running[key] = time.time()
+        self._run(entry)
+
     def running(self) -> dict[Hashable, float]:
         """Jobs running now, with their start time."""
         with self._lock:
             return dict(self._running)
-
-    def take_notes(self) -> list[tuple[str, dict[str, Any]]]:
-        """Events for the service's log since the last call (a local pool has none)."""
-        with self._lock:
-            notes, self.notes = self.notes, []
-        return notes
 
     def close(self) -> None:
         with self._lock:
@@ -165,10 +185,10 @@ class ModelWorker:
                 self._running[job.key] = time.time()
             self._run(job)
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: QueuedJob) -> None:
         start = time.monotonic()
         try:
-            outcome = (True, job.fn())
+            outcome = (True, job.payload())
         except BaseException as exc:  # handed to whoever takes the result
             outcome = (False, exc)
         with self._lock:
