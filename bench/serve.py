@@ -7,7 +7,7 @@ queue and posting each answer as a claim).
 `run`: the engine as `refute run` uses it (one `Executor` in this process, the model loaded and
 warmed once): per request the generation time, and the time to the first generated token
 (prefill + its sampling, from the executor's `on_position` callback).
-`serve`: `refute serve` in this process (refute.cli_serve.start; its game loop in a thread,
+`serve`: `refute serve` in this process (refute.cli.serve.start; its game loop in a thread,
 uvicorn in another) called with the official openai client, one request at a time: the latency
 of a plain completion (until the claim is posted: the answer names it), the time to the first
 streamed text delta, and requests per second; then the same requests from `--concurrency`
@@ -73,7 +73,7 @@ def bench_run(prompts: list[str], max_tokens: int) -> dict:
 def bench_serve(prompts: list[str], max_tokens: int, rpc: str | None, concurrency: int) -> dict:
     import openai
 
-    from refute.cli_serve import start
+    from refute.cli.serve import start
 
     state = tempfile.mkdtemp(prefix="refute-bench-serve-")
     args = ["--port", "0", "--state", state, "--log-file", os.devnull]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from web3 import Web3
 
 from refute.cli import main
-from refute.cli_service import parse_amount
+from refute.cli.options import parse_amount
 from refute.contracts.chain import rpc_url
 from refute.contracts.errors import ChainConnectionError
 

@@ -20,7 +20,7 @@ from web3 import Web3
 from refute.chat import ChatTemplate
 from refute.check import answer_text, check_answer, eos_token_ids
 from refute.cli import main
-from refute.cli_serve import start
+from refute.cli.serve import start
 from refute.demo_model import DEMO_MODEL_DIR
 from refute.engine.checkpoint import load_model
 

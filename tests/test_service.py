@@ -1,5 +1,5 @@
 """`refute prove` and `refute watch` as long-running processes (bisection/service.py,
-refute/cli_service.py): in-process on the embedded chain, and as separate OS processes sharing an
+refute/cli/service.py): in-process on the embedded chain, and as separate OS processes sharing an
 anvil node, where the watcher is stopped mid-game and restarted from its state directory."""
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from typing import Any
 import click
 
 from refute.cli import main
-from refute.cli_service import _drill, _drill_syntax, _open, _service_options, _worker
+from refute.cli.options import _service_options
+from refute.cli.service import _drill, _drill_syntax, _open, _worker
 
 DEFAULT_MAX_QUEUE = 64
 """Requests waiting for their claims beyond which `refute serve` answers 429 (--max-queue)."""

@@ -1,84 +1,24 @@
-"""The `refute` command line."""
+"""`refute run`, `verify-trace`, `verify-step` and `conformance`: one inference, its trace, one
+step on chain, and the arithmetic against its vectors."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="refute")
-@click.option(
-    "--config",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="REFUTE_CONFIG",
-    default=None,
-    help="TOML file of option defaults, a table per command ([prove] window = 600, rpc = "
-    '"http://..."; keys are the long option names); options given on the command line win',
+from refute.cli import main
+from refute.cli.options import (
+    _announce_compiles,
+    _hex,
+    _parse_tokens,
+    backend_option,
+    progress_bar,
+    seed_option,
 )
-@click.pass_context
-def main(ctx: click.Context, config: Path | None) -> None:
-    """refute: optimistic fraud proofs for machine-learning inference."""
-    if config is not None:
-        ctx.default_map = config_defaults(config, ctx.command)
-
-
-def config_defaults(path: Path, group: click.Group) -> dict[str, dict[str, object]]:
-    """The default map of a TOML config file: its tables are commands, its keys long option
-    names (without dashes: `max-new-tokens` or `max_new_tokens`). Anything unknown is an error
-    naming it, not ignored."""
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
-    out: dict[str, dict[str, object]] = {}
-    for name, table in data.items():
-        command = group.commands.get(name)
-        if command is None or not isinstance(table, dict):
-            raise click.BadParameter(
-                f"{path}: [{name}] is not a command "
-                f"(commands: {', '.join(sorted(group.commands))})",
-                param_hint="--config",
-            )
-        by_flag = {
-            o.lstrip("-"): p.name for p in command.params for o in p.opts if o.startswith("--")
-        }
-        out[name] = {}
-        for key, value in table.items():
-            flag = key.replace("_", "-")
-            if flag not in by_flag:
-                raise click.BadParameter(
-                    f"{path}: [{name}] has no option {key!r}", param_hint="--config"
-                )
-            out[name][by_flag[flag]] = value
-    return out
-
-
-def seed_option(f: Callable) -> Callable:
-    """--seed: an integer in [0, 2^256) (the range said once, not printed in full)."""
-
-    def check(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
-        if not 0 <= value < 2**256:
-            raise click.BadParameter("the seed must be an integer in [0, 2^256)")
-        return value
-
-    return click.option(
-        "--seed", default=0, show_default=True, type=int, callback=check,
-        help="sampling seed, an integer in [0, 2^256)",
-    )(f)  # fmt: skip
-
-
-def progress_bar(**kwargs: object) -> tqdm:
-    """A progress bar on stderr when it is a terminal, nothing otherwise."""
-    return tqdm(file=sys.stderr, disable=kwargs.pop("disable", False) or not sys.stderr.isatty(),
-                **kwargs)  # fmt: skip
 
 
 @main.command()
@@ -148,35 +88,6 @@ def conformance(vector_dir: Path | None, stride: int, as_json: bool) -> None:
             + ("all match" if not failed else f"mismatches in {', '.join(failed)}")
         )
     sys.exit(1 if failed else 0)
-
-
-backend_option = click.option(
-    "--backend",
-    "backend_name",
-    type=click.Choice(["reference", "cpu", "triton"]),
-    default=None,
-    help="arithmetic backend (default: the fastest available here); all give the same bits",
-)
-
-
-def _parse_tokens(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
-    except ValueError as exc:
-        raise click.BadParameter(f"expected comma-separated token ids, got {text!r}") from exc
-
-
-def _hex(value: bytes) -> str:
-    return "0x" + value.hex()
-
-
-def _announce_compiles(backend: object) -> None:
-    """Have a backend that compiles kernels (the cpu one, without an on-disk cache yet) say so
-    on stderr before it does: a first run on a machine takes seconds longer."""
-    if hasattr(backend, "on_compile"):
-        from refute.kernels.cpu.backend import COMPILE_NOTICE
-
-        backend.on_compile = lambda: tqdm.write(COMPILE_NOTICE, file=sys.stderr)
 
 
 @main.command()
@@ -444,61 +355,3 @@ def verify_step(
         for key, val in out.items():
             click.echo(f"{key:<22}{val}")
     sys.exit(0 if ok else 1)
-
-
-@main.command()
-@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@seed_option
-@click.option(
-    "--tamper-node",
-    default=None,
-    help="node (name or id) whose output the cheating prover flips one bit of "
-    "(default: the last layer's MLP down projection)",
-)
-@click.option(
-    "--state",
-    "--state-dir",
-    "state_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="the clients' state directories go here (default: a temporary directory)",
-)
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead")
-def demo(
-    max_new_tokens: int,
-    temperature: float,
-    seed: int,
-    tamper_node: str | None,
-    state_dir: str | None,
-    as_json: bool,
-) -> None:
-    """Play the whole protocol on an embedded chain: an honest claim finalises, a cheating claim
-    (one flipped bit deep in its trace) is disputed by a watcher and overturned, bonds are paid."""
-    from refute.bisection.demo import render, run_demo
-    from refute.errors import RefuteError
-
-    def progress(message: str) -> None:
-        click.echo(f"[demo] {message}", err=True)
-
-    try:
-        out = run_demo(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed,
-            tamper_node=tamper_node,
-            state_dir=state_dir,
-            progress=progress,
-        )
-    except RefuteError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if as_json:
-        click.echo(json.dumps(out))
-    else:
-        click.echo(render(out))
-    ok = [c["status"] for c in out["claims"]] == ["finalized", "overturned"]
-    sys.exit(0 if ok else 1)
-
-
-# the long-running processes register themselves on `main`
-from refute import cli_serve, cli_service  # noqa: E402, F401
