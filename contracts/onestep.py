@@ -177,8 +177,20 @@ class StepProver:
             list(ep.siblings),
         )
 
-    def token_source(self, t: int) -> tuple:
-        """The input token at t: prompt element t, or record (t - 1, token node)."""
+    def selected(self, t: int, n: int) -> int:
+        """What node n's token_stride multiplies at t: the input token, or the value of its
+        selector (an expert index record at t)."""
+        select = self.program.nodes[n].selector
+        if select < 0:
+            return self.gen.tokens[t]
+        return int(self.outputs(t)[select][0])
+
+    def token_source(self, t: int, n: int | None = None) -> tuple:
+        """The input token at t: prompt element t, or record (t - 1, token node); for a node
+        with a selector, the selector's record (t, select) and its one element."""
+        select = -1 if n is None else self.program.nodes[n].selector
+        if select >= 0:
+            return self.record_source(t, select, self.outputs(t)[select], 0)
         if t < len(self.prompt):
             ep = merkle.prove_element(self.prompt, t)
             return (merkle.EMPTY, [], "", [], ep.length, ep.chunk, list(ep.siblings))
@@ -218,7 +230,7 @@ class StepProver:
     def tree_levels(self, t: int, n: int, element: int) -> tuple[list[list], steps.ElementReads]:
         """Every level of the reduction tree of (t, n, element): values or (value, index)."""
         node = self.program.nodes[n]
-        reads = steps.element_reads(self.program, n, element, t, self.gen.tokens[t])
+        reads = steps.element_reads(self.program, n, element, t, self.selected(t, n))
         read = self._read(t, n)
         if node.op == Op.SAMPLE:
             logits = [read(0, term[0]) for term in reads.reads]
@@ -245,14 +257,14 @@ class StepProver:
         """Calldata and expected result of one step: ELEMENT (MAP / CACHE_APPEND), LEAF k, or
         TREE node (level >= 1, index) of element `element` of record (t, n)."""
         node = self.program.nodes[n]
-        token_proof = self.token_source(t) if self._needs_token(n) else EMPTY_SOURCE
+        token_proof = self.token_source(t, n) if self._needs_token(n) else EMPTY_SOURCE
         ctx, nproof = self.context(t), self.node_proof(n)
         out = self.outputs(t)[n]
         if not 0 <= element < out.size:
             raise StepError(f"element {element} outside node {node.name} ({out.size} at t={t})")
         zero_step = [0, element, 0, 0, 0, 0, 0, 0, 0]
         if node.op in (Op.MAP, Op.CACHE_APPEND):
-            reads = steps.element_reads(self.program, n, element, t, self.gen.tokens[t])
+            reads = steps.element_reads(self.program, n, element, t, self.selected(t, n))
             # the value the verifier will compute, from the operands (all agreed by both sides
             # of a dispute), not this trace's own output at (t, n), which may be the wrong one
             if reads.from_previous:

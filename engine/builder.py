@@ -38,9 +38,19 @@ class Ref:
     shape: tuple[int, ...]
 
     def read(
-        self, *strides: int, offset: int = 0, t_stride: int = 0, token_stride: int = 0
+        self,
+        *strides: int,
+        offset: int = 0,
+        t_stride: int = 0,
+        token_stride: int = 0,
+        select: Ref | None = None,
     ) -> Operand:
-        return Operand(self.src, self.index, tuple(strides), offset, t_stride, token_stride)
+        """An operand over this tensor; with `select` (an index node), token_stride multiplies
+        that node's value instead of the input token: a data-dependent read (docs/ir.md)."""
+        select_node = -1 if select is None else select.index
+        return Operand(
+            self.src, self.index, tuple(strides), offset, t_stride, token_stride, select_node
+        )
 
     def whole(self) -> Operand:
         """Read elementwise in its own shape."""
@@ -299,6 +309,86 @@ class ProgramBuilder:
         divided = self.map(f"{name}.div", Fn.DIV, x.shape, x.whole(), c.broadcast(x.shape))
         tanh = self.map(f"{name}.tanh", Fn.TANH, x.shape, divided.whole())
         return self.map(name, Fn.MUL, x.shape, tanh.whole(), c.broadcast(x.shape))
+
+    def softmax(self, name: str, x: Ref) -> Ref:
+        """exp(x - max) / sum over a vector, the steps of attention's softmax."""
+        (e,) = x.shape
+        m = self.reduce(f"{name}.max", Reducer.MAX, Fn.COPY, (), e, x.read(1))
+        shifted = self.map(f"{name}.shift", Fn.SUB, (e,), x, m)
+        ex = self.map(f"{name}.exp", Fn.EXP, (e,), shifted)
+        z = self.reduce(f"{name}.sum", Reducer.SUM, Fn.COPY, (), e, ex.read(1))
+        return self.map(f"{name}.probs", Fn.DIV, (e,), ex, z)
+
+    def top_k(self, name: str, scores: Ref, k: int, mask: Ref) -> list[Ref]:
+        """The indices of the k largest scores, as k ARGMAX passes (docs/spec.md §5, top_k): pass j
+        reads the scores with every earlier pick masked to -inf, by adding mask[E - 1 - pick +
+        e] (`mask` is [2E - 1], -inf at E - 1, +0 elsewhere; read by the pick, a selector)."""
+        (e,) = scores.shape
+        picks: list[Ref] = []
+        current = scores
+        for j in range(k):
+            if j:
+                hole = mask.read(1, offset=e - 1, token_stride=-1, select=picks[-1])
+                current = self.map(f"{name}.masked{j}", Fn.ADD, (e,), current.whole(), hole)
+            picks.append(
+                self.reduce(f"{name}.{j}", Reducer.ARGMAX, Fn.COPY, (), e, current.read(1))
+            )
+        return picks
+
+    def expert_linear(self, name: str, x: Ref, w: Ref, pick: Ref) -> Ref:
+        """y[n] = tree_sum_k x[k] * W[pick, n, k] of a stacked [E, N, K] weight: expert `pick`'s
+        rows are read at offset pick * N * K, the value of the index node `pick`."""
+        _, n, k = w.shape
+        w_read = w.read(k, 1, token_stride=n * k, select=pick)
+        return self.reduce(name, Reducer.SUM, Fn.MUL, (n,), k, x.read(0, 1), w_read)
+
+    def moe(
+        self,
+        name: str,
+        x: Ref,
+        router: Ref,
+        experts: tuple[Ref, Ref, Ref],
+        k: int,
+        norm_topk: bool,
+        act: tuple[str, Fn],
+        mask: Ref,
+    ) -> Ref:
+        """A sparse mixture of experts as transformers' Mixtral / Qwen-MoE blocks compute it:
+        probs = softmax(router x); the top k of probs; weights = the selected probs (divided by
+        their sum with `norm_topk`); sum over the k picks, in pick order, of weight_j *
+        down_j(act(gate_j x) * up_j x) with expert pick_j's rows. Only those k experts are read."""
+        if k < 1:
+            raise ProgramError("a mixture of experts runs at least one expert")
+        gate, up, down = experts
+        d = down.shape[1]
+        f = gate.shape[1]
+        logits = self.linear(f"{name}.router", x, router)
+        probs = self.softmax(f"{name}.router.softmax", logits)
+        picks = self.top_k(f"{name}.topk", probs, k, mask)
+        weights = [
+            self.map(f"{name}.topk.{j}.prob", Fn.COPY, (), probs.read(token_stride=1, select=p))
+            for j, p in enumerate(picks)
+        ]
+        if norm_topk:
+            total = weights[0]
+            for j in range(1, k):
+                total = self.map(f"{name}.topk.total{j}", Fn.ADD, (), total, weights[j])
+            weights = [
+                self.map(f"{name}.topk.{j}.weight", Fn.DIV, (), w, total)
+                for j, w in enumerate(weights)
+            ]
+        out = None
+        for j, (p, w) in enumerate(zip(picks, weights, strict=True)):
+            e = f"{name}.expert{j}"
+            g = self.expert_linear(f"{e}.gate", x, gate, p)
+            u = self.expert_linear(f"{e}.up", x, up, p)
+            a = self.map(f"{e}.{act[0]}", act[1], (f,), g)
+            h = self.map(f"{e}.gated", Fn.MUL, (f,), a, u)
+            y = self.map(
+                f"{e}.weighted", Fn.MUL, (d,), self.expert_linear(f"{e}.down", h, down, p), w
+            )
+            out = y if out is None else self.map(f"{name}.sum{j}", Fn.ADD, (d,), out, y)
+        return out  # type: ignore[return-value]
 
     def sample(self, name: str, logits: Ref) -> Ref:
         (v,) = logits.shape

@@ -137,7 +137,11 @@ checkpoint allows fewer). The program's max_positions is committed (program head
 bounds every claim on chain, and the RoPE tables are that many rows: a checkpoint declaring 1M
 positions must not cost 1M rows unless they are asked for."""
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+LLAMA_FAMILY = (
+    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
+    "mixtral", "qwen2_moe", "qwen3_moe",
+)  # fmt: skip
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 GEMMA = ("gemma", "gemma2", "gemma3_text")
 SUPPORTED = (*LLAMA_FAMILY, "gpt2")
 
@@ -260,7 +264,7 @@ def sliding_window(hf: dict) -> tuple[int | None, tuple[int, ...]]:
     other layer for Gemma 2, five of every six for Gemma 3: `sliding_window_pattern`)."""
     kind = hf.get("model_type")
     layers = hf.get("num_hidden_layers", 0)
-    if kind in ("mistral", "phi3"):
+    if kind in ("mistral", "phi3", "mixtral"):
         window, types = hf.get("sliding_window"), ["sliding_attention"] * layers
     elif kind in ("qwen2", "qwen3"):
         window = hf.get("sliding_window", 4096)
@@ -394,6 +398,44 @@ def _gemma_fields(hf: dict, kind: str) -> dict:
     return fields
 
 
+def _moe_fields(hf: dict, kind: str) -> dict:
+    """The LlamaConfig fields of Mixtral, Qwen2-MoE and Qwen3-MoE (transformers'
+    modeling_mixtral.py, modeling_qwen2_moe.py, modeling_qwen3_moe.py): Mixtral routes every
+    layer and always renormalises the top k; the Qwen ones route the layers that
+    `decoder_sparse_step` and `mlp_only_layers` choose (the others keep a dense MLP of
+    `intermediate_size`) and renormalise only with `norm_topk_prob`."""
+    layers = hf["num_hidden_layers"]
+    if kind == "mixtral":
+        experts = hf.get("num_local_experts", 8)
+        return dict(
+            num_experts=experts,
+            experts_per_token=hf.get("num_experts_per_tok", 2),
+            moe_intermediate_size=hf["intermediate_size"],
+            norm_topk_prob=True,
+            moe_layers=tuple(range(layers)),
+            moe_names="mixtral",
+        )
+    experts = hf.get("num_experts", hf.get("num_local_experts", 60 if kind == "qwen2_moe" else 128))
+    step = hf.get("decoder_sparse_step", 1)
+    dense = set(hf.get("mlp_only_layers") or [])
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ModelLoadError(f"config.json sets decoder_sparse_step={step!r}: a positive integer")
+    routed = tuple(
+        i for i in range(layers) if i not in dense and experts > 0 and (i + 1) % step == 0
+    )
+    return dict(
+        num_experts=experts,
+        experts_per_token=hf.get("num_experts_per_tok", 4 if kind == "qwen2_moe" else 8),
+        moe_intermediate_size=hf["moe_intermediate_size"],
+        norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+        shared_expert_size=hf.get("shared_expert_intermediate_size", 0)
+        if kind == "qwen2_moe"
+        else 0,
+        moe_layers=routed,
+        moe_names="qwen",
+    )
+
+
 def config_from_hf(hf: dict, context: int | None = None) -> tuple[LlamaConfig | GPT2Config, str]:
     """The program config of a config.json, and the reason for its max_positions. The
     model_type is checked first, then every option that changes the computation."""
@@ -445,7 +487,9 @@ def config_from_hf(hf: dict, context: int | None = None) -> tuple[LlamaConfig | 
             extra |= _gemma_fields(hf, kind)
         if kind == "phi3":
             extra |= dict(fused_qkv=True, fused_gate_up=True)
-        attention_bias = kind in ("llama", "qwen3", *GEMMA) and bool(
+        if kind in MOE:
+            extra |= _moe_fields(hf, kind)
+        attention_bias = kind in ("llama", "qwen3", "qwen3_moe", *GEMMA) and bool(
             hf.get("attention_bias", False)
         )
         return LlamaConfig(
@@ -459,10 +503,12 @@ def config_from_hf(hf: dict, context: int | None = None) -> tuple[LlamaConfig | 
             max_positions=max_positions,
             rms_eps=hf.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(hf.get("tie_word_embeddings", kind in GEMMA)),
-            qkv_bias=kind == "qwen2" or attention_bias,
-            o_bias=kind != "qwen2" and attention_bias,
+            qkv_bias=kind == "qwen2"
+            or (kind == "qwen2_moe" and bool(hf.get("qkv_bias", True)))
+            or attention_bias,
+            o_bias=kind not in ("qwen2", "qwen2_moe") and attention_bias,
             mlp_bias=kind == "llama" and bool(hf.get("mlp_bias", False)),
-            qk_norm=kind in ("qwen3", "gemma3_text"),
+            qk_norm=kind in ("qwen3", "qwen3_moe", "gemma3_text"),
             **rope,
             **extra,
         ), note
@@ -483,6 +529,9 @@ _UNSUPPORTED_OPTIONS = {
     "mistral": (_ACT,),
     "qwen2": (_ACT,),
     "qwen3": (_ACT,),
+    "mixtral": (_ACT,),
+    "qwen2_moe": (_ACT, ("use_sliding_window", False, (False,))),
+    "qwen3_moe": (_ACT, ("use_sliding_window", False, (False,))),
     "phi3": (_ACT,),
     # transformers' Gemma reads hidden_act ("gelu" meaning the tanh form, as its config says);
     # Gemma 2 and 3 read hidden_activation, where "gelu" is the exact (erf) GELU

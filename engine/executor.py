@@ -267,7 +267,19 @@ class Executor:
             else:
                 sources.append(np.array([op.index], dtype=np.uint32).view(F32))
         r = gen.request
-        return Row(t, gen.tokens[t], sources, r.temperature, r.seed)
+        return Row(t, self._selected(node, gen.tokens[t], outs), sources, r.temperature, r.seed)
+
+    def _selected(self, node, token: int, outs: list[np.ndarray]) -> int:
+        """What the node's token_stride multiplies: the input token, or the value of its
+        selector (an expert index), checked in range so that no read can leave its source."""
+        select = node.selector
+        if select < 0:
+            return token
+        value = int(outs[select][0])
+        bound = self.program.selector_range(select, len(self.program.nodes))
+        if not 0 <= value < bound:
+            raise ExecutionError(f"{node.name} selects {value}, outside [0, {bound})")
+        return value
 
 
 def summary(gen: Generation, model: Model) -> dict:

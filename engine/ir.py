@@ -85,6 +85,11 @@ class Src(IntEnum):
     CONST = 2  # a float32 constant; `index` holds its bit pattern
 
 
+SELECT_SHIFT = 32
+"""An operand's encoded `index` is `index + (select_node + 1) << SELECT_SHIFT` when it has a
+selector (docs/ir.md): operands without one encode exactly as before."""
+
+
 @dataclass(frozen=True)
 class Operand:
     src: Src
@@ -93,16 +98,32 @@ class Operand:
     offset: int = 0
     t_stride: int = 0
     token_stride: int = 0
+    # the value token_stride multiplies: the input token (-1), or the one uint32 element of
+    # an earlier index node at the same position (an expert chosen by a router's ARGMAX)
+    select_node: int = -1
+
+    @property
+    def encoded_index(self) -> int:
+        if self.select_node < 0:
+            return self.index
+        return self.index + ((self.select_node + 1) << SELECT_SHIFT)
 
     def as_tuple(self) -> tuple:
         return (
             int(self.src),
-            self.index,
+            self.encoded_index,
             list(self.strides),
             self.offset,
             self.t_stride,
             self.token_stride,
         )
+
+
+def decode_index(src: int, encoded: int) -> tuple[int, int]:
+    """(index, select_node) of an encoded operand index; a constant's pattern is its own."""
+    if src == Src.CONST:
+        return encoded, -1
+    return encoded & ((1 << SELECT_SHIFT) - 1), (encoded >> SELECT_SHIFT) - 1
 
 
 @dataclass(frozen=True)
@@ -119,6 +140,14 @@ class Node:
     @property
     def outputs_index(self) -> bool:
         return self.op == Op.SAMPLE or self.reducer == Reducer.ARGMAX
+
+    @property
+    def selector(self) -> int:
+        """The index node whose value this node's token_stride operands multiply (-1: the
+        input token). Program.validate allows one per node."""
+        return next(
+            (o.select_node for o in self.operands if o.token_stride and o.select_node >= 0), -1
+        )
 
     def as_tuple(self) -> tuple:
         return (
@@ -149,12 +178,19 @@ def node_from_tuple(t: tuple | list) -> Node:
         name,
         Op(op),
         tuple(shape),
-        tuple(Operand(Src(s), i, tuple(st), off, ts, tk) for s, i, st, off, ts, tk in operands),
+        tuple(_operand(s, i, st, off, ts, tk) for s, i, st, off, ts, tk in operands),
         Fn(fn),
         Reducer(reducer),
         reduce_len,
         layer,
     )
+
+
+def _operand(src: int, encoded: int, strides, offset: int, t_stride: int, token_stride: int):
+    if not 0 <= encoded < 1 << 63:
+        raise ProgramError(f"operand index {encoded} outside [0, 2^63)")
+    index, select = decode_index(src, encoded)
+    return Operand(Src(src), index, tuple(strides), offset, t_stride, token_stride, select)
 
 
 def node_from_abi(data: bytes) -> Node:
@@ -266,6 +302,9 @@ class Program:
                 raise ProgramError(f"{where}: a cache's first dimension must be T")
             reduces = node.op in (Op.REDUCE, Op.SAMPLE)
             index_dims = node.shape[1:] if node.op == Op.CACHE_APPEND else node.shape
+            selectors = {o.select_node for o in node.operands if o.token_stride != 0}
+            if len(selectors) > 1:
+                raise ProgramError(f"{where}: operands multiply different selectors {selectors}")
             for j, operand in enumerate(node.operands):
                 self._validate_operand(i, where, j, operand, index_dims, reduces)
         for name, idx, op in (
@@ -285,9 +324,14 @@ class Program:
         reduces: bool,
     ) -> None:
         if operand.src == Src.CONST:
-            if not 0 <= operand.index < 2**32:
+            if not 0 <= operand.index < 2**32 or operand.select_node >= 0:
                 raise ProgramError(f"{where}: operand {j} constant is not a uint32 pattern")
             return
+        if not 0 <= operand.index < 1 << SELECT_SHIFT:
+            raise ProgramError(f"{where}: operand {j} index {operand.index} is not a uint32")
+        values = self.vocab_size  # what token_stride multiplies takes values in [0, values)
+        if operand.select_node >= 0:
+            values = self.selector_range(operand.select_node, i, f"{where}: operand {j}")
         if operand.src == Src.NODE and not 0 <= operand.index < i:
             raise ProgramError(f"{where}: operand {j} reads node {operand.index}, not earlier")
         if operand.src == Src.NODE and self.nodes[operand.index].outputs_index:
@@ -305,13 +349,28 @@ class Program:
             resolved = self.resolve(dims, position)
             if 0 in resolved:
                 continue
-            for token in (0, self.vocab_size - 1):
+            for token in (0, values - 1):
                 lo, hi = extent(operand, resolved, position, token)
                 if lo < 0 or hi >= size:
                     raise ProgramError(
                         f"{where}: operand {j} reads [{lo}, {hi}] of a source of {size} elements "
                         f"at position {position}, token {token}"
                     )
+
+    def selector_range(self, select: int, i: int, where: str = "") -> int:
+        """How many values the index node `select` can output (its ARGMAX's reduce_len, or the
+        vocabulary for a SAMPLE), after checking that node `i` may select by it: an earlier
+        node with a single uint32 output of a fixed range."""
+        if not 0 <= select < i:
+            raise ProgramError(f"{where} selects by node {select}, not earlier")
+        sel = self.nodes[select]
+        if not sel.outputs_index or sel.shape != ():
+            raise ProgramError(f"{where} selects by {sel.name}, not a one-element index node")
+        if sel.op == Op.SAMPLE:
+            return self.vocab_size
+        if sel.reduce_len < 1:
+            raise ProgramError(f"{where} selects by {sel.name}, whose range is not fixed")
+        return sel.reduce_len
 
 
 def extent(operand: Operand, dims: tuple[int, ...], position: int, token: int) -> tuple[int, int]:

@@ -58,6 +58,14 @@ class LlamaConfig:
     local_rope_theta: float = 0.0  # default-RoPE base of the sliding layers (Gemma 3); 0: none
     fused_qkv: bool = False  # one qkv_proj [(H + 2G)·hd, D], read at row offsets (Phi-3)
     fused_gate_up: bool = False  # one gate_up_proj [2F, D], gate rows first (Phi-3)
+    # added with the mixtures of experts (the same rule)
+    num_experts: int = 0  # E routed experts on each layer of moe_layers (Mixtral, Qwen-MoE)
+    experts_per_token: int = 0  # k: the experts each position runs
+    moe_intermediate_size: int = 0  # F of one expert
+    norm_topk_prob: bool = False  # the k selected probabilities divided by their sum
+    shared_expert_size: int = 0  # F of Qwen2-MoE's shared expert, sigmoid-gated (0: none)
+    moe_layers: tuple[int, ...] = ()
+    moe_names: str = ""  # tensor names: "mixtral" (block_sparse_moe.experts.e.w1/w3/w2), "qwen"
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,8 @@ _ADDED_FIELDS = (
     "qkv_bias", "o_bias", "mlp_bias", "qk_norm", "rope_type", "rope_scaling",
     "norm_plus_one", "embed_scale", "mlp_act", "sandwich_norms", "attn_scale", "attn_softcap",
     "final_softcap", "sliding_window", "sliding_layers", "local_rope_theta", "fused_qkv",
-    "fused_gate_up",
+    "fused_gate_up", "num_experts", "experts_per_token", "moe_intermediate_size",
+    "norm_topk_prob", "shared_expert_size", "moe_layers", "moe_names",
 )  # fmt: skip
 MLP_ACTS = {"silu": Fn.SILU, "gelu_tanh": Fn.GELU_TANH}
 
@@ -204,7 +213,54 @@ def _plus_one(w: np.ndarray) -> np.ndarray:
     return (np.float32(1.0) + np.asarray(w, np.float32)).astype(np.float32)
 
 
-def _layer_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
+MOE_NAMES = {  # (block prefix, router, (gate, up, down) of an expert) as checkpoints name them
+    "mixtral": ("block_sparse_moe.", "gate", ("w1", "w3", "w2")),
+    "qwen": ("mlp.", "gate", ("gate_proj", "up_proj", "down_proj")),
+}
+
+
+def topk_mask(num_experts: int) -> np.ndarray:
+    """mask[E - 1 - pick + e]: -inf where e is the pick, +0 elsewhere ([2E - 1]). Added to the
+    scores, it removes an earlier pick from the next ARGMAX pass (builder.top_k)."""
+    mask = np.zeros(2 * num_experts - 1, np.float32)
+    mask[num_experts - 1] = -np.inf
+    return mask
+
+
+def _stacked(weights: Mapping[str, np.ndarray], names: list[str], shape: tuple[int, ...]):
+    """The experts' tensors stacked [E, *shape], at their stored width when they share one
+    (the committed tensor that an expert index selects rows of; a copy, made once at load)."""
+    parts = [_need(weights, n, shape) for n in names]
+    if len({p.dtype for p in parts}) > 1:
+        parts = [np.asarray(p, np.float32) for p in parts]
+    return np.stack(parts)
+
+
+def _moe_weights(
+    b: ProgramBuilder, c: LlamaConfig, weights: Mapping[str, np.ndarray], layer: int
+) -> dict[str, Ref]:
+    """A MoE layer's router, stacked experts (committed as `<block>experts.<gate|up|down>`)
+    and Qwen2-MoE's shared expert and its gate."""
+    block, router, (g, u, dn) = MOE_NAMES[c.moe_names]
+    p = f"model.layers.{layer}.{block}"
+    d, f, e = c.hidden_size, c.moe_intermediate_size, c.num_experts
+    out = {
+        "router": b.weight(p + router + ".weight", _need(weights, p + router + ".weight", (e, d)))
+    }
+    for part, name, shape in (("gate", g, (f, d)), ("up", u, (f, d)), ("down", dn, (d, f))):
+        names = [f"{p}experts.{i}.{name}.weight" for i in range(e)]
+        out[part] = b.weight(f"{p}experts.{name}.weight", _stacked(weights, names, shape))
+    if c.shared_expert_size:
+        s = c.shared_expert_size
+        for part, shape in (("gate_proj", (s, d)), ("up_proj", (s, d)), ("down_proj", (d, s))):
+            name = f"{p}shared_expert.{part}.weight"
+            out["shared." + part] = b.weight(name, _need(weights, name, shape))
+        name = f"{p}shared_expert_gate.weight"
+        out["shared.gate"] = b.weight(name, _need(weights, name, (1, d)))
+    return out
+
+
+def _layer_shapes(c: LlamaConfig, moe: bool = False) -> dict[str, tuple[int, ...]]:
     """The tensors of one decoder layer, by their Hugging Face names within the layer."""
     d, hd, h, g, f = c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads, c.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {
@@ -225,11 +281,14 @@ def _layer_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
             "self_attn.v_proj.weight": (g * hd, d),
         }
     shapes["self_attn.o_proj.weight"] = (d, h * hd)
-    if c.fused_gate_up:
+    if moe:  # the experts are read by _moe_weights
+        pass
+    elif c.fused_gate_up:
         shapes["mlp.gate_up_proj.weight"] = (2 * f, d)
+        shapes["mlp.down_proj.weight"] = (d, f)
     else:
         shapes |= {"mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d)}
-    shapes["mlp.down_proj.weight"] = (d, f)
+        shapes["mlp.down_proj.weight"] = (d, f)
     if c.qkv_bias:
         shapes |= {
             "self_attn.q_proj.bias": (h * hd,),
@@ -284,6 +343,14 @@ def build_llama(
     mask = None
     if windowed:
         mask = b.weight("attn.window_mask", window_mask(c.max_positions, c.sliding_window))
+    moe_set = set(c.moe_layers) if c.num_experts else set()
+    if moe_set and c.moe_names not in MOE_NAMES:
+        raise ModelLoadError(f"unknown expert naming {c.moe_names!r} (known: {sorted(MOE_NAMES)})")
+    if moe_set and not 1 <= c.experts_per_token <= c.num_experts:
+        raise ModelLoadError(
+            f"{c.experts_per_token} experts per token of {c.num_experts}: need 1 <= k <= E"
+        )
+    topk = b.weight("moe.topk_mask", topk_mask(c.num_experts)) if moe_set else None
     layer_weights = []
     for i in range(c.num_layers):
         p = f"model.layers.{i}."
@@ -292,9 +359,11 @@ def build_llama(
                 k: norm_gain(p + k, s)
                 if k.endswith("norm.weight")
                 else b.weight(p + k, _need(weights, p + k, s))
-                for k, s in _layer_shapes(c).items()
+                for k, s in _layer_shapes(c, i in moe_set).items()
             }
         )
+        if i in moe_set:
+            layer_weights[-1] |= _moe_weights(b, c, weights, i)
     norm = norm_gain("model.norm.weight", (d,))
     if c.tie_embeddings:
         lm_head = embed
@@ -351,7 +420,22 @@ def build_llama(
             pre_mlp = w["post_attention_layernorm.weight"]
         x = b.map("attn.residual", Fn.ADD, (d,), x, o)
         hn = b.rmsnorm("post_norm", x, pre_mlp, c.rms_eps)
-        if c.fused_gate_up:  # gate rows [0, F), up rows [F, 2F) of one product
+        if i in moe_set:
+            down = b.moe(
+                "moe", hn, w["router"], (w["gate"], w["up"], w["down"]), c.experts_per_token,
+                c.norm_topk_prob, ("expert." + c.mlp_act, act_fn), topk,
+            )  # fmt: skip
+            if c.shared_expert_size:  # Qwen2-MoE: + sigmoid(gate x) * shared_expert(x)
+                sg = b.linear("moe.shared.gate", hn, w["shared.gate"])
+                sgate = b.linear("moe.shared.gate_proj", hn, w["shared.gate_proj"])
+                sup = b.linear("moe.shared.up_proj", hn, w["shared.up_proj"])
+                sact = b.map("moe.shared." + c.mlp_act, act_fn, sgate.shape, sgate)
+                sh = b.map("moe.shared.gated", Fn.MUL, sgate.shape, sact, sup)
+                sdown = b.linear("moe.shared.down", sh, w["shared.down_proj"])
+                sig = b.map("moe.shared.sigmoid", Fn.SIGMOID, (1,), sg)
+                shared = b.map("moe.shared.weighted", Fn.MUL, (d,), sig, sdown)
+                down = b.map("moe.shared.add", Fn.ADD, (d,), down, shared)
+        elif c.fused_gate_up:  # gate rows [0, F), up rows [F, 2F) of one product
             gate_up = b.linear("mlp.gate_up", hn, w["mlp.gate_up_proj.weight"])
             act = b.map("mlp." + c.mlp_act, act_fn, (f,), gate_up.read(1))
             prod = b.map("mlp.gated", Fn.MUL, (f,), act, gate_up.read(1, offset=f))
@@ -362,9 +446,10 @@ def build_llama(
             up = b.linear("mlp.up", hn, w["mlp.up_proj.weight"], bias=w.get("mlp.up_proj.bias"))
             act = b.map("mlp." + c.mlp_act, act_fn, (f,), gate)
             prod = b.map("mlp.gated", Fn.MUL, (f,), act, up)
-        down = b.linear(
-            "mlp.down", prod, w["mlp.down_proj.weight"], bias=w.get("mlp.down_proj.bias")
-        )
+        if i not in moe_set:
+            down = b.linear(
+                "mlp.down", prod, w["mlp.down_proj.weight"], bias=w.get("mlp.down_proj.bias")
+            )
         if c.sandwich_norms:
             down = b.rmsnorm(
                 "mlp.post_norm", down, w["post_feedforward_layernorm.weight"], c.rms_eps

@@ -557,11 +557,11 @@ def _edit(src: Path, dst: Path, **changes) -> Path:
         # the architecture is named before any option it sets
         (
             dict(
-                model_type="qwen2_moe",
+                model_type="olmo2",
                 rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6},
             ),
-            r"unsupported model_type 'qwen2_moe' \(supported: llama, mistral, qwen2, qwen3, gemma, "
-            r"gemma2, gemma3_text, phi3, gpt2\)",
+            r"unsupported model_type 'olmo2' \(supported: llama, mistral, qwen2, qwen3, gemma, "
+            r"gemma2, gemma3_text, phi3, mixtral, qwen2_moe, qwen3_moe, gpt2\)",
         ),
         (
             dict(model_type="gemma2", hidden_activation="gelu"),  # Gemma 2's exact (erf) GELU

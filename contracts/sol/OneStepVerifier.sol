@@ -23,7 +23,10 @@ import {SoftFloat32} from "./SoftFloat32.sol";
 ///      - V1 (proofs, not words): every operand value is read from a chunk proven against a root
 ///        the caller cannot choose: the record (t, src) output root proven against the trace
 ///        root, the weight leaf proven against the weights root, the prompt root, or a constant
-///        of the node descriptor, itself proven against the program root.
+///        of the node descriptor, itself proven against the program root. A data-dependent
+///        read (an operand with a selector) first opens its selector, the one uint32 element
+///        of record (t, selector), against the trace root, then the element at the offset it
+///        gives against the source's root.
 ///      - V2 (no wrong true): malformed input reverts with a named custom error; `verifyStep`
 ///        returns true only if the claimed bits equal the recomputed bits.
 ///      - V3 (bounded): every loop is bounded by calldata lengths (proof depth, shape rank).
@@ -125,6 +128,7 @@ contract OneStepVerifier {
         uint256 width; // the reduction tree's padded width
         bool haveToken;
         uint256 token;
+        uint256 id; // the node's id
     }
 
     // --- constants ---------------------------------------------------------------------------
@@ -145,6 +149,10 @@ contract OneStepVerifier {
     uint8 internal constant RED_ARGMAX = 3;
     uint8 internal constant FN_LAST = 17; // RSQRT
     uint256 private constant MAX_DIM = 1 << 62;
+    /// @dev An operand's `index` is its source id in the low 32 bits and, above them, its
+    ///      selector + 1 (0: none): token_stride then multiplies the one uint32 element of
+    ///      record (t, selector) instead of the input token (docs/ir.md).
+    uint256 private constant SELECT_SHIFT = 32;
 
     // --- errors ------------------------------------------------------------------------------
 
@@ -199,7 +207,8 @@ contract OneStepVerifier {
     /// @param sources One SourceProof per operand of the node (CONST: empty) for ELEMENT and
     ///        LEAF steps with k < K; exactly one (record (t - 1, n)) for a cache row < t; none for
     ///        padding leaves and TREE steps.
-    /// @param token The input token's proof when an operand has a token_stride; else ignored.
+    /// @param token The input token's proof when an operand has a token_stride (for an operand
+    ///        with a selector: the selector record's root, trace path and element); else ignored.
     /// @return value The step's value (float32 bits).
     /// @return index The step's index for ARGMAX / SAMPLE leaves and tree nodes, else 0.
     function computeStep(
@@ -259,6 +268,7 @@ contract OneStepVerifier {
         Frame memory f;
         f.node = abi.decode(np.descriptor, (Node));
         f.t = ctx.position;
+        f.id = np.id;
         if (f.t >= (1 << 64) || f.t * ctx.nodesPerPosition + np.id >= ctx.recordCount) {
             revert RecordOutOfRange(f.t, np.id, ctx.recordCount);
         }
@@ -363,20 +373,16 @@ contract OneStepVerifier {
             return bits;
         }
         uint256 flat = _flatIndex(ctx, f, op, token, k);
+        uint256 id = op.index & ((1 << SELECT_SHIFT) - 1);
         if (op.src == SRC_NODE) {
-            if (op.index >= nodeId) revert SourceNotEarlier(op.index, nodeId);
+            if (id >= nodeId) revert SourceNotEarlier(id, nodeId);
             MerkleProofs.verifyRecord(
-                ctx.traceRoot,
-                ctx.recordCount,
-                ctx.nodesPerPosition,
-                f.t,
-                op.index,
-                p.root,
+                ctx.traceRoot, ctx.recordCount, ctx.nodesPerPosition, f.t, id, p.root,
                 p.rootSiblings
             );
         } else {
             MerkleProofs.verifyWeight(
-                ctx.weightsRoot, ctx.weightCount, op.index, p.name, p.shape, p.root, p.rootSiblings
+                ctx.weightsRoot, ctx.weightCount, id, p.name, p.shape, p.root, p.rootSiblings
             );
             uint256 expected = 1;
             for (uint256 i; i < p.shape.length; ++i) {
@@ -390,7 +396,8 @@ contract OneStepVerifier {
         SoftFloat32.requireCanonical(bits);
     }
 
-    /// @dev offset + t_stride * t + token_stride * token + sum(strides[d] * index[d]).
+    /// @dev offset + t_stride * t + token_stride * token + sum(strides[d] * index[d]), where
+    ///      `token` is the input token, or the value of the operand's selector.
     function _flatIndex(
         Context calldata ctx,
         Frame memory f,
@@ -405,11 +412,18 @@ contract OneStepVerifier {
         if (op.strides.length != dims) revert WrongStrideCount(op.strides.length, dims);
         int256 acc = int256(op.offset) + int256(op.tStride) * int256(f.t);
         if (op.tokenStride != 0) {
-            if (!f.haveToken) {
-                f.token = _inputToken(ctx, f.t, token);
-                f.haveToken = true;
+            uint256 select = op.index >> SELECT_SHIFT;
+            uint256 v;
+            if (select != 0) {
+                v = _selected(ctx, f, select - 1, token);
+            } else {
+                if (!f.haveToken) {
+                    f.token = _inputToken(ctx, f.t, token);
+                    f.haveToken = true;
+                }
+                v = f.token;
             }
-            acc += int256(op.tokenStride) * int256(f.token);
+            acc += int256(op.tokenStride) * int256(v);
         }
         uint256 n = f.coords.length;
         for (uint256 d = first; d < n; ++d) {
@@ -439,6 +453,22 @@ contract OneStepVerifier {
             t - 1,
             ctx.tokenNode,
             p.root,
+            p.rootSiblings
+        );
+        return MerkleProofs.verifyElement(p.root, MerkleProofs.DTYPE_U32, 1, 0, p.chunk, p.siblings);
+    }
+
+    /// @dev A selector's value: the one uint32 element of record (t, select), an earlier node
+    ///      (a data-dependent read: an expert index chosen by a router's ARGMAX).
+    function _selected(
+        Context calldata ctx,
+        Frame memory f,
+        uint256 select,
+        SourceProof calldata p
+    ) private view returns (uint256) {
+        if (select >= f.id) revert SourceNotEarlier(select, f.id);
+        MerkleProofs.verifyRecord(
+            ctx.traceRoot, ctx.recordCount, ctx.nodesPerPosition, f.t, select, p.root,
             p.rootSiblings
         );
         return MerkleProofs.verifyElement(p.root, MerkleProofs.DTYPE_U32, 1, 0, p.chunk, p.siblings);
