@@ -176,7 +176,7 @@ def test_prover_on_ray_survives_a_killed_actor(model, ray_worker, tmp_path: Path
     """Requests generated on actors, one actor killed mid-generation: every request is served
     by exactly one claim (none twice, none orphaned), every claim finalises, and each claim's
     root is the local executor's."""
-    game = _game(window=4)
+    game = _game(window=15)  # the local watcher must see each claim within W on a busy machine
     game.register(model)
     acc = game.w3.eth.accounts
     prover = Prover(game, model, tmp_path / "p", acc[1], worker=ray_worker)
