@@ -99,6 +99,8 @@ class Side:
         node = self.prover.program.nodes[d.node_id]
         left, right = levels[d.height - 1][2 * d.index], levels[d.height - 1][2 * d.index + 1]
         if node.op == Op.SAMPLE or node.reducer == Reducer.ARGMAX:
+            if self.consistent_lies:
+                left, right = _fabricate_argmax(d, side, left, right)
             return f32_bits(left[0]), int(left[1]), f32_bits(right[0]), int(right[1])
         lv, rv = f32_bits(left), f32_bits(right)
         if self.consistent_lies and _combine(node.reducer, lv, rv) != d.value[side]:
@@ -147,6 +149,22 @@ def _fabricate(reducer: Reducer, parent: int, lv: int, rv: int) -> tuple[int, in
                 if 0 <= cand < 2**32 and _combine(reducer, *pair) == parent:
                     return pair
     return parent, (0x80000000 if parent == 0x80000000 else 0)
+
+
+def _fabricate_argmax(d: Any, side: int, left: tuple, right: tuple) -> tuple[tuple, tuple]:
+    """(value, index) children whose argmax step gives the pair this side committed to (its
+    value chosen to win where the chain knows only the index): the committed pair on one side,
+    the other child true or pushed down to -inf."""
+    index = d.value_index[side]
+    value = (np.float32(bits_to_f32(d.value[side])) if d.value_known
+             else steps.combine(Reducer.ARGMAX, left, right)[0])  # fmt: skip
+    target = (value, index)
+    sunk = [(np.float32(-np.inf), left[1]), (np.float32(-np.inf), right[1])]
+    for pair in ((target, right), (left, target), (target, sunk[1]), (sunk[0], target)):
+        v, i = steps.combine(Reducer.ARGMAX, *pair)
+        if i == index and f32_bits(v) == f32_bits(value):
+            return pair
+    return left, right  # nothing combines (a NaN committed as the winner): the move loses
 
 
 def claim_reveals(game: GameClient, dispute_id: int, since: int) -> dict[int, tuple[bytes, bytes]]:

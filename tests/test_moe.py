@@ -242,9 +242,9 @@ def test_disputes_end_in_an_expert_product_and_in_a_routing_decision(
     embedded_web3, tmp_path: Path
 ) -> None:
     """A prover that computes with one bit of a routed expert's weights flipped, and one that
-    flips the second expert chosen at a position, are both overturned by the honest watcher,
-    the first in the flipped row of that expert's product (its reduction tree, where the
-    cheater's revealed leaves do not combine to its value), the second at the routing ARGMAX."""
+    flips the second expert chosen at a position, both lying consistently down to the leaf,
+    are overturned by the honest watcher in one step verified on chain: the first at a leaf of
+    the flipped row of that expert's product, the second at a leaf of the routing ARGMAX."""
     from refute.bisection.challenger import Challenger
     from refute.bisection.demo import flip_bit
     from refute.bisection.prover import Prover
@@ -280,12 +280,25 @@ def test_disputes_end_in_an_expert_product_and_in_a_routing_decision(
         watcher = Challenger(game, model, tmp_path / f"w{k}", acc[2])
         cid = cheater.claim(request)
         run(cheater, watcher)
-        (info,) = watcher.disputes.values()
+        ((did, info),) = watcher.disputes.items()
         assert info["winner"] == "challenge" and game.claim(cid).status == ClaimStatus.OVERTURNED
+        # ended by the one step, on chain, finding the claim wrong (not by a timeout, nor by
+        # the cheater's own children failing to combine)
+        assert info["levels"] == [1, 2, 3] and watcher.moves[-1]["fn"] == "step"
+        (verified,) = game.events("StepVerified", info["block"], disputeId=int(did))
+        assert verified["claimCorrect"] is False
         end = info["end"]
         if kind == "expert":
             assert end["node"].startswith("layers.0.moe.expert") and ".gate" in end["node"]
             assert end["op"] == "reduce sum" and end["element"] == 5
+            assert end["claim_value"] != end["challenge_value"]
         else:
-            assert (end["position"], end["node"]) == (t, "layers.0.moe.topk.1")
-            assert end["claim_index"] == end["challenge_index"] ^ 1
+            # the cheater's fabricated (value, index) pairs lead down to one leaf of the second
+            # pick's ARGMAX, which the verifier recomputes from the masked router logits
+            assert (end["position"], end["node"], end["op"]) == (t, "layers.0.moe.topk.1",
+                                                                 "reduce argmax")  # fmt: skip
+            assert (end["claim_value"], end["claim_index"]) != (
+                end["challenge_value"],
+                end["challenge_index"],
+            )
+            assert end["challenge_index"] == end["leaf"]
