@@ -11,7 +11,9 @@ to the prover's game loop through an `Inbox`, a request source of the `Service` 
 claim and defends it, exactly as for a request read from a file. The answer is returned once the
 claim is posted, with a `refute` field naming what makes it checkable (model, prompt and trace
 roots, the output tokens, claim id, transaction hash, challenge deadline, game and chain id);
-`refute check` (refute/check.py) verifies it against the chain.
+`refute check` (refute/check.py) verifies it against the chain. A request sent with an
+`Idempotency-Key` header has an id derived from the key, so sending it again (its answer lost to
+a dropped connection, a 503 at shutdown or a crash) is answered with the same claim.
 
 Threads: the game loop owns the chain connection and the database (the embedded py-evm chain is
 not thread-safe, and a `Store` is written by one thread), so it runs alone in its thread (the
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import json
 import socket
 import threading
@@ -45,6 +48,7 @@ from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from refute.bisection.player import request_to_json
 from refute.bisection.prover import Prover
 from refute.bisection.requests import RequestError, parse_request
 from refute.chat import ChatTemplate, ChatTemplateError
@@ -220,14 +224,22 @@ class Inbox:
         self._lock = threading.Lock()
         self._new: list[tuple[str, dict[str, Any], int]] = []
         self._calls: list[tuple[Callable[[], Any], concurrent.futures.Future]] = []
-        self.waiting: dict[str, Pending] = {}
+        self.waiting: dict[str, list[Pending]] = {}  # key -> its callers (one per retry)
         self.backlog = 0  # requests queued in the database that no API caller waits for
+        self.closed = False
 
     # HTTP thread
     def submit(self, pending: Pending, line: dict[str, Any]) -> None:
+        """Hand a request to the loop; a retry of one already waiting (the same
+        Idempotency-Key) waits for the same claim."""
         with self._lock:
-            self.waiting[pending.key] = pending
-            self._new.append((pending.key, line, 0))
+            if self.closed:
+                raise ApiError(503, "the server is shutting down: send the request again "
+                               "once it is back", kind="server_error")  # fmt: skip
+            callers = self.waiting.setdefault(pending.key, [])
+            if not callers:
+                self._new.append((pending.key, line, 0))
+            callers.append(pending)
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run `fn` on the loop thread (chain reads) at its next round."""
@@ -261,17 +273,21 @@ class Inbox:
         return new
 
     def posted(self, key: str, _claim_id: int | None = None) -> None:
-        """Answer the API request `key` if its claim is posted, or it failed (loop thread)."""
+        """Answer the callers of API request `key` if its claim is posted, or it failed (loop
+        thread)."""
         with self._lock:
-            pending = self.waiting.get(key)
-        if pending is None:
+            callers = list(self.waiting.get(key, ()))
+        if not callers:
             return
         try:
-            done = self._publish(key, pending)
+            done = [p for p in callers if self._publish(key, p)]
         except Exception:  # the node: answered at a later round
             return
-        if done:
-            with self._lock:
+        with self._lock:
+            left = [p for p in self.waiting.get(key, ()) if p not in done]
+            if left:
+                self.waiting[key] = left
+            else:
                 self.waiting.pop(key, None)
 
     def _publish(self, key: str, pending: Pending) -> bool:
@@ -279,6 +295,14 @@ class Inbox:
         if info is None:
             return False
         if pending.future.done():  # its caller went away (the claim is posted all the same)
+            return True
+        if info["request"] != request_to_json(pending.ask.request):
+            _settle(pending.future, error=ApiError(
+                422,
+                f"the Idempotency-Key of request {pending.ask.rid} was used before for a "
+                "different request (prompt, max_tokens, temperature or seed)",
+                param="Idempotency-Key", code="idempotency_key_reused",
+            ))  # fmt: skip
             return True
         if info["status"] == "failed":
             reason = f"the request could not be run: {info.get('reason')}"
@@ -307,17 +331,27 @@ class Inbox:
     def close(self) -> None:
         """Requests still waiting are answered with an error (the server is going down)."""
         with self._lock:
+            self.closed = True
             waiting, self.waiting = self.waiting, {}
             calls, self._calls = self._calls, []
-        error = ApiError(
+            unaccepted = {key for key, _, _ in self._new}  # never reached the database
+            self._new = []
+        queued = ApiError(
             503,
-            "the server is shutting down; the request stays queued and is served when it restarts",
+            "the server is shutting down; the request stays queued and is served when it "
+            "restarts: send it again with the same Idempotency-Key header for its answer",
             kind="server_error",
         )
-        for pending in waiting.values():
-            _settle(pending.future, error=error)
+        lost = ApiError(
+            503,
+            "the server is shutting down and did not queue the request: send it again",
+            kind="server_error",
+        )
+        for key, callers in waiting.items():
+            for pending in callers:
+                _settle(pending.future, error=lost if key in unaccepted else queued)
         for _, future in calls:
-            _settle(future, error=error)
+            _settle(future, error=lost)
 
 
 def _settle(
@@ -427,7 +461,7 @@ class Api:
         self.template = ChatTemplate.of(self.model)
         self.eos = eos_token_ids(self.model)
         self.model_root = "0x" + self.model.root.hex()
-        self._streams: dict[str, Pending] = {}
+        self._streams: dict[int, Pending] = {}  # id(pending) -> a stream waiting for tokens
         self._lock = threading.Lock()
         self._counter = None
         if metrics is not None:
@@ -492,6 +526,7 @@ class Api:
         temperature: float,
         seed: int,
         stop: list[str],
+        idempotency_key: str | None = None,
     ) -> Ask:
         p = self.model.program
         positions = len(prompt) + new - 1
@@ -505,7 +540,7 @@ class Api:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        rid = ("chatcmpl-" if chat else "cmpl-") + _request_suffix(idempotency_key)
         line = {
             "tokens": prompt,
             "max_new_tokens": new,
@@ -525,7 +560,7 @@ class Api:
             raise ApiError(400, 'stream_options takes only "include_usage"', param="stream_options")
         return Ask(chat, rid, request, stop, stream, bool(options.get("include_usage")))
 
-    def parse_completion(self, body: dict[str, Any]) -> Ask:
+    def parse_completion(self, body: dict[str, Any], idempotency_key: str | None = None) -> Ask:
         _refuse_parameters(body, COMPLETION)
         new, temperature, seed, stop = self._common(body, chat=False)
         prompt = body.get("prompt")
@@ -553,9 +588,9 @@ class Api:
             raise ApiError(
                 400, "prompt must be a non-empty string or a list of token ids", param="prompt"
             )
-        return self._ask(False, body, tokens, new, temperature, seed, stop)
+        return self._ask(False, body, tokens, new, temperature, seed, stop, idempotency_key)
 
-    def parse_chat(self, body: dict[str, Any]) -> Ask:
+    def parse_chat(self, body: dict[str, Any], idempotency_key: str | None = None) -> Ask:
         _refuse_parameters(body, CHAT)
         new, temperature, seed, stop = self._common(body, chat=True)
         if self.template is None:
@@ -584,7 +619,7 @@ class Api:
             raise ApiError(
                 400, "the chat template renders these messages as nothing", param="messages"
             )
-        return self._ask(True, body, tokens, new, temperature, seed, stop)
+        return self._ask(True, body, tokens, new, temperature, seed, stop, idempotency_key)
 
     # --- queue and answers -----------------------------------------------------------------
 
@@ -602,8 +637,6 @@ class Api:
                     code="queue_full",
                     kind="rate_limit_error",
                 )
-            if ask.stream:
-                self._streams[ask.key] = pending
             line = {
                 "tokens": list(ask.request.prompt),
                 "max_new_tokens": ask.request.max_new_tokens,
@@ -612,6 +645,8 @@ class Api:
                 "id": ask.rid,
             }
             self.inbox.submit(pending, line)
+            if ask.stream:  # each report carries every token so far: none is missed
+                self._streams[id(pending)] = pending
         self.wake()
         return pending
 
@@ -762,7 +797,7 @@ class Api:
             yield "data: [DONE]\n\n"
         finally:
             with self._lock:
-                self._streams.pop(ask.key, None)
+                self._streams.pop(id(pending), None)
             # a client that went away leaves the outcome unread: read it, so asyncio is quiet
             posted.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -817,15 +852,29 @@ class Api:
                 raise ApiError(400, "the body must be a JSON object")
             return body
 
+        def idempotency_key(request: HttpRequest) -> str | None:
+            key = request.headers.get("idempotency-key")
+            if key is not None and not (
+                0 < len(key) <= 255 and all(33 <= ord(c) < 127 for c in key)
+            ):
+                raise ApiError(
+                    400,
+                    "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+                    param="Idempotency-Key",
+                )
+            return key
+
         @app.post("/v1/completions", response_model=None)
         async def completions(request: HttpRequest) -> Any:
-            response = await api.answer(api.parse_completion(await body_of(request)))
+            ask = api.parse_completion(await body_of(request), idempotency_key(request))
+            response = await api.answer(ask)
             api._count("/v1/completions", 200)
             return response
 
         @app.post("/v1/chat/completions", response_model=None)
         async def chat_completions(request: HttpRequest) -> Any:
-            response = await api.answer(api.parse_chat(await body_of(request)))
+            ask = api.parse_chat(await body_of(request), idempotency_key(request))
+            response = await api.answer(ask)
             api._count("/v1/chat/completions", 200)
             return response
 
@@ -873,6 +922,15 @@ class Api:
             return Response(api.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
         return app
+
+
+def _request_suffix(idempotency_key: str | None) -> str:
+    """The request id's tail: fresh, or a digest of the client's Idempotency-Key, so that a
+    request sent again with the same key (after a lost answer, a 503 at shutdown or a crash
+    of the server) names the same database entry and is answered with the same claim."""
+    if idempotency_key is None:
+        return uuid.uuid4().hex
+    return "ik-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
 
 
 def _held_back(text: str, stop: list[str]) -> str:

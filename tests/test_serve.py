@@ -314,6 +314,34 @@ def test_a_full_queue_answers_429(served, client) -> None:
     assert len(response.model_extra["refute"]["tokens"]) == 2
 
 
+def test_a_request_sent_again_with_its_idempotency_key_is_one_claim(served, client) -> None:
+    """The same Idempotency-Key names the same request: sent again (by a client whose answer
+    was lost), it is answered with the first claim and nothing is posted twice; the key used
+    for a different request is a 422, a malformed key a 400, both naming the header."""
+    claims = len(served.prover.store["claims"])
+    ask = {"model": "demo-chat", "prompt": "If the", "max_tokens": 3, "seed": 2}
+    headers = {"Idempotency-Key": "order-7731/attempt"}
+    first = client.completions.create(**ask, extra_headers=headers)
+    again = client.completions.create(**ask, extra_headers=headers)
+    ext, ext2 = first.model_extra["refute"], again.model_extra["refute"]
+    assert first.id == again.id and first.id.startswith("cmpl-ik-")
+    assert (ext2["claim"], ext2["tx"], ext2["tokens"]) == (ext["claim"], ext["tx"], ext["tokens"])
+    assert again.choices[0].text == first.choices[0].text
+    assert len(served.prover.store["claims"]) == claims + 1
+    # another key is another request, and another claim
+    other = client.completions.create(**ask, extra_headers={"Idempotency-Key": "order-7732"})
+    assert other.id != first.id and other.model_extra["refute"]["claim"] == ext["claim"] + 1
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        client.completions.create(**(ask | {"seed": 3}), extra_headers=headers)
+    assert info.value.status_code == 422 and "Idempotency-Key" in info.value.message
+    assert info.value.code == "idempotency_key_reused"
+    assert len(served.prover.store["claims"]) == claims + 2
+    r = httpx.post(
+        served.url + "/v1/completions", json=ask, headers={"Idempotency-Key": "k" * 256}, timeout=30
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "Idempotency-Key"
+
+
 # --- a cheating server on anvil ------------------------------------------------------------------
 
 

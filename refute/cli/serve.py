@@ -287,7 +287,14 @@ def serve(**params: Any) -> None:
     default=None,
     help="check this claim's status alone (no answer)",
 )
-@click.option("--rpc", "rpc_url", default=None, help="JSON-RPC URL of the node the game is on")
+@click.option(
+    "--rpc",
+    "rpc_url",
+    default=None,
+    envvar=["REFUTE_RPC_URL", "ETH_RPC_URL"],
+    show_envvar=True,
+    help="JSON-RPC URL of the node the game is on (host:port is taken as http://)",
+)
 @click.option(
     "--game",
     "game_address",
@@ -350,8 +357,8 @@ def check(
         raise click.UsageError("give an answer file (or '-') or --claim ID")
     if rpc_url is None:
         raise click.UsageError(
-            "give --rpc: the node the claim's game is on (an embedded chain "
-            "is private to the process that runs it)"
+            "give --rpc (or REFUTE_RPC_URL / ETH_RPC_URL): the node the claim's game is on "
+            "(an embedded chain is private to the process that runs it)"
         )
     try:
         if answer is not None:
