@@ -31,6 +31,7 @@ from refute.bisection.player import (
     request_from_json,
     request_to_json,
 )
+from refute.bisection.workers import Reexecution, ReexecutionJob
 from refute.contracts.game import ClaimStatus, GameError
 from refute.contracts.onestep import ListTree
 from refute.engine import merkle
@@ -101,8 +102,8 @@ class Challenger(Player):
         elif c.status != ClaimStatus.PENDING or self.now() >= c.deadline:
             info["verdict"] = "closed"
         else:
-            self.worker.submit(("reexecute", cid), float(c.deadline), self._job(request),
-                               executor=self.executor)  # fmt: skip
+            job = self._reexecution_job(request)
+            self.worker.submit(("reexecute", cid), float(c.deadline), job, executor=self.executor)
         self.store.save()
 
     def _act(self) -> list[dict[str, Any]]:
@@ -148,8 +149,8 @@ class Challenger(Player):
         if not self.worker.ready(key):
             if not self.worker.busy(key):  # after a restart: queue it again
                 request = request_from_json(info["request"])
-                self.worker.submit(key, float(info.get("deadline", 0)), self._job(request),
-                                   executor=self.executor)  # fmt: skip
+                job = self._reexecution_job(request)
+                self.worker.submit(key, float(info.get("deadline", 0)), job, executor=self.executor)
             return
         try:
             gen = self.worker.take(key)
@@ -159,21 +160,32 @@ class Challenger(Player):
             return
         seconds = self.worker.seconds.get(key)
         if seconds:
-            rate = gen.trace.positions / seconds
+            positions = gen.trace.positions if isinstance(gen, Generation) else gen.positions
+            rate = positions / seconds
             self.speed = rate if self.speed is None else 0.7 * self.speed + 0.3 * rate
         info["verdict"] = self._decide(cid, info, gen)
         info["reexecuted"] = time.time()
         self.store.save()
 
-    def _decide(self, cid: int, info: dict[str, Any], gen: Generation) -> str:
-        info["own_root"] = gen.trace.root().hex()
-        if gen.trace.root().hex() != info["trace_root"]:
+    def _reexecution_job(self, request: Request) -> Any:
+        """The re-execution of a claim's request: from a remote worker, its `Reexecution`
+        only (a disputed claim's Side is then recomputed by a job of its own)."""
+        job = self._job(request)
+        return ReexecutionJob(job) if self.worker.REMOTE else job
+
+    def _decide(self, cid: int, info: dict[str, Any], gen: Generation | Reexecution) -> str:
+        full = isinstance(gen, Generation)
+        root = gen.trace.root() if full else gen.trace_root
+        info["own_root"] = root.hex()
+        if root.hex() != info["trace_root"]:
+            verdict = "dispute"
+        elif list(gen.output_tokens) != info["tokens"]:
+            verdict = "token-mismatch"
+        else:
+            return "match"
+        if full:  # its caches are here: the Side is ready
             self._side(cid, gen)
-            return "dispute"
-        if list(gen.output_tokens) != info["tokens"]:
-            self._side(cid, gen)
-            return "token-mismatch"
-        return "match"
+        return verdict
 
     def _open(self, cid: int, info: dict[str, Any]) -> dict[str, Any] | None:
         """Open the dispute of a wrong claim with its own trace root."""

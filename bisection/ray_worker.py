@@ -118,6 +118,8 @@ class RayWorker(JobQueue):
     """A priority queue of model jobs served by `actors` Ray actors (the `ModelWorker`
     interface: submit, ready, take, busy, queue, running, seconds, take_notes, close)."""
 
+    REMOTE = True
+
     def __init__(
         self,
         model_ref: str | Path,

@@ -53,6 +53,36 @@ class GenerateJob:
         return gen
 
 
+@dataclass(frozen=True)
+class Reexecution:
+    """What a watcher's verdict needs of a re-execution, without the checkpoints: from a remote
+    actor the KV caches cost more to move (positions x layers x 2 x KV width x 4 bytes, for
+    every claim) than recomputing them for the rare claim that is disputed (its Side is
+    rebuilt by a job of its own, `Player.ready_side`)."""
+
+    request: Request
+    tokens: list[int]
+    trace_root: bytes
+    positions: int
+
+    @property
+    def output_tokens(self) -> list[int]:
+        return self.tokens[len(self.request.prompt) :]
+
+
+@dataclass(frozen=True)
+class ReexecutionJob:
+    """`job` run where it is sent, returning only its `Reexecution`."""
+
+    job: Any
+
+    def run(
+        self, executor: Executor, on_position: Callable[[int], None] | None = None
+    ) -> Reexecution:
+        gen = self.job.run(executor, on_position)
+        return Reexecution(gen.request, list(gen.tokens), gen.trace.root(), gen.trace.positions)
+
+
 @dataclass(order=True)
 class QueuedJob:
     """A job waiting in a queue: most urgent priority first, then first submitted."""
@@ -68,6 +98,9 @@ class QueuedJob:
 class JobQueue:
     """What every model worker shares: jobs by key (each key once), most urgent first, their
     results kept until taken, and notes for the service's log."""
+
+    REMOTE = False
+    """Whether results cross a network (then a watcher asks for `Reexecution`s only)."""
 
     def __init__(self) -> None:
         self._heap: list[QueuedJob] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -22,7 +23,7 @@ from refute.bisection.demo import flip_bit
 from refute.bisection.eventlog import EventLog
 from refute.bisection.prover import Prover
 from refute.bisection.service import Service
-from refute.bisection.workers import GenerateJob, ModelWorker
+from refute.bisection.workers import GenerateJob, ModelWorker, ReexecutionJob
 from refute.cli import main
 from refute.contracts.game import ClaimStatus, GameClient, GameParams
 from refute.engine.checkpoint import load_model
@@ -169,6 +170,12 @@ def test_watcher_on_ray_survives_a_killed_actor_and_wins(model, ray_worker, tmp_
     assert game.claim(bad).status == ClaimStatus.OVERTURNED
     assert game.claim(good).status == ClaimStatus.FINALIZED
     assert pid not in [a.pid for a in ray_worker.actors] and len(ray_worker.actors) == 2
+    # re-executions came back without their caches; the disputed claim's Side was recomputed
+    # by a job of its own, on an actor
+    assert ("side", bad) in ray_worker.seconds and ("side", good) not in ray_worker.seconds
+    summary = ReexecutionJob(GenerateJob(LONG)).run(Executor(model))
+    assert summary.trace_root == here.trace.root() and summary.tokens == here.tokens
+    assert len(pickle.dumps(summary)) * 100 < len(pickle.dumps(here))
 
 
 @needs_ray
@@ -232,3 +239,40 @@ def test_cli_prove_and_watch_with_ray(cluster, tmp_path: Path) -> None:
     while ray.available_resources().get("CPU", 0) < 2:
         assert time.monotonic() < deadline, ray.available_resources()
         time.sleep(0.1)
+
+
+@needs_ray
+def test_serve_with_ray_answers_from_actors(cluster, tmp_path: Path) -> None:
+    """`refute serve --ray auto`: the official openai client's completion (and a stream) is
+    generated on an actor; the claim has `refute run`'s tokens and trace root and finalises."""
+    import openai
+
+    from refute.cli.serve import start
+
+    serving = start(["--model", "demo", "--port", "0", "--window", "3", "--interval", "0.2",
+                     "--no-metrics", "--state", str(tmp_path / "s"), "--ray", "auto",
+                     "--ray-actors", "1", "--log-file", str(tmp_path / "log")])  # fmt: skip
+    try:
+        assert type(serving.prover.worker).__name__ == "RayWorker"
+        client = openai.OpenAI(base_url=serving.url + "/v1", api_key="none", max_retries=0)
+        answer = client.completions.create(model="demo", prompt="Return a new", max_tokens=8)
+        streamed = list(client.completions.create(model="demo", prompt="Return a new",
+                                                  max_tokens=8, seed=3, stream=True))  # fmt: skip
+        run = CliRunner().invoke(main, ["run", "--model", "demo", "--prompt", "Return a new",
+                                        "--max-new-tokens", "8", "--json"])  # fmt: skip
+        expected = json.loads(run.stdout.splitlines()[-1])
+        ext = answer.model_extra["refute"]
+        assert ext["tokens"] == expected["tokens"] and ext["trace_root"] == expected["trace_root"]
+        assert streamed[-1].model_extra["refute"]["claim"] == ext["claim"] + 1
+        text = "".join(chunk.choices[0].text for chunk in streamed if chunk.choices)
+        assert text and streamed[-1].choices[0].finish_reason is not None
+        deadline = time.monotonic() + 60
+        while True:
+            status = serving.api.inbox.call(lambda: serving.game.claim(ext["claim"]).status)
+            serving.stop.wake()
+            if status.result(timeout=30) == ClaimStatus.FINALIZED:
+                break
+            assert time.monotonic() < deadline, "the claim did not finalise"
+            time.sleep(0.5)
+    finally:
+        serving.close()

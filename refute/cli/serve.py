@@ -110,7 +110,7 @@ def launch(params: dict[str, Any]) -> Serving:
         game, model, account, log, state, deployment = _open("prover", opts)
         hook = _drill(parse_cheat, cheat, model, "--cheat")
         game.register(model, sender=account)
-        worker = _worker(opts)
+        worker = _worker(opts, model, cheat)
         backend = backends.make(opts["backend_name"])
         executor = StreamingExecutor(model, backend=backend, tamper=hook)
         prover = ServingProver(
@@ -132,7 +132,7 @@ def launch(params: dict[str, Any]) -> Serving:
                 state / "watcher",
                 account,
                 executor=honest,
-                worker=worker,
+                worker=worker if hook is None else _worker(opts, model, share=worker),
                 confirmations=opts["confirmations"],
             )
             if watcher.store["cursor"] == 0:
