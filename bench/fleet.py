@@ -2,16 +2,20 @@
 Ray's overhead against the local pool, and the coordinator's own rate (issue 14, item 4;
 docs/fleet.md).
 
-    python bench/fleet.py [--claims 12] [--new-tokens 60] [--cpus 2] [--json out.json]
+    python bench/fleet.py [--models tiny-llama,demo] [--claims 12] [--new-tokens 60] [--cpus 2]
+                          [--json out.json]
 
 Every executor uses the cpu backend (numba kernels, loaded at once), local and on the actors.
 
-1. Per model (tiny-llama, the demo model): one claim's re-execution time on the local executor
+1. Per model (tiny-llama, the demo model; `llama-134m`: a random-init 134.2M Llama, hidden 768,
+   12 layers, written by transformers as a bf16 checkpoint in a temporary directory): one
+   claim's re-execution time on the local executor
    (best of 3 after a warm-up; a claim is a 4-token prompt and --new-tokens generated tokens).
 2. Throughput: --claims such claims submitted at once to (a) the local pool, one thread; (b) the
    local pool, two threads; (c) a RayWorker with 1 actor; (d) with 2 actors, on a local Ray
    cluster of --cpus CPUs started here. Claims per minute = claims / wall time until all are
-   done; every result's trace root is checked against the local executor's.
+   done; every result's trace root is checked against the local executor's. The jobs are the
+   watcher's: whole generations from the local pool, `Reexecution`s (no caches) from actors.
 3. The coordinator's own rate: a watcher on an embedded chain reading claims of another model
    (no model work: event, one claim read and one store write per claim), claims per second.
 
@@ -33,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from refute.bisection.challenger import Challenger
 from refute.bisection.prover import Prover
 from refute.bisection.ray_worker import RayWorker, connect
-from refute.bisection.workers import GenerateJob, ModelWorker
+from refute.bisection.workers import GenerateJob, ModelWorker, ReexecutionJob
 from refute.contracts.game import GameClient, GameParams
 from refute.demo_model import DEMO_MODEL_DIR
 from refute.engine import backends
@@ -41,7 +45,21 @@ from refute.engine.checkpoint import load_model
 from refute.engine.executor import Executor, Request
 from tests.chain_fixtures import embedded_chain
 
-MODELS = {"tiny-llama": "tiny-llama", "demo": str(DEMO_MODEL_DIR)}
+MODELS = {"tiny-llama": "tiny-llama", "demo": str(DEMO_MODEL_DIR), "llama-134m": None}
+
+
+def llama_134m(directory: Path) -> str:
+    """A random-init 134.2M-parameter Llama checkpoint (bench/kernels.py's decode shapes), bf16,
+    as transformers writes it: every actor loads it from this path."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048,
+                         num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+                         max_position_embeddings=512, tie_word_embeddings=False)  # fmt: skip
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
+    return str(directory)
 
 
 def claims(n: int, new_tokens: int) -> list[Request]:
@@ -63,12 +81,14 @@ def throughput(worker, requests: list[Request], executor: Executor, roots: list[
     """Claims per minute through `worker`; every root must be the local executor's."""
     start = time.perf_counter()
     for i, r in enumerate(requests):
-        worker.submit(i, float(i), GenerateJob(r), executor=executor)
+        job = ReexecutionJob(GenerateJob(r)) if worker.REMOTE else GenerateJob(r)
+        worker.submit(i, float(i), job, executor=executor)
     pending = set(range(len(requests)))
     while pending:
         for i in [i for i in pending if worker.ready(i)]:
-            gen = worker.take(i)
-            assert gen.trace.root() == roots[i], f"claim {i}: root differs"
+            got = worker.take(i)
+            root = got.trace_root if worker.REMOTE else got.trace.root()
+            assert root == roots[i], f"claim {i}: root differs"
             pending.discard(i)
         time.sleep(0.005)
     return len(requests) / (time.perf_counter() - start) * 60
@@ -96,6 +116,7 @@ def coordinator_rate(n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="tiny-llama,demo", help="of: " + ",".join(MODELS))
     ap.add_argument("--claims", type=int, default=12)
     ap.add_argument("--new-tokens", type=int, default=60)
     ap.add_argument("--cpus", type=int, default=2)
@@ -106,7 +127,9 @@ def main() -> None:
     connect("auto", num_cpus=args.cpus)
     out: dict = {"ray_init_s": round(time.monotonic() - start, 2), "models": {}}
     print(f"ray start-up: {out['ray_init_s']} s", flush=True)
-    for name, ref in MODELS.items():
+    scratch = tempfile.TemporaryDirectory()
+    for name in args.models.split(","):
+        ref = MODELS[name] or llama_134m(Path(scratch.name) / name)
         model = load_model(ref)
         requests = claims(args.claims, args.new_tokens)
         executor = Executor(model, backend=backends.make("cpu"))  # the actors' backend too
