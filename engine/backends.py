@@ -76,8 +76,9 @@ def make(name: str | None = None) -> Backend:
         return ReferenceBackend()
     if chosen == "cpu":
         from refute.kernels.cpu.backend import LOAD_COST_S, CPUBackend
+        from refute.kernels.cpu.pack_cache import PackCache
 
-        return CPUBackend(load_after_s=None if name else LOAD_COST_S)
+        return CPUBackend(load_after_s=None if name else LOAD_COST_S, pack_cache=PackCache())
     from refute.kernels.gpu.backend import TritonBackend
 
     return TritonBackend()

@@ -99,6 +99,9 @@ class Executor:
         self.capture = capture
         self.tamper = tamper
         self._flat_weights = [w.reshape(-1) for w in model.weights]
+        attach = getattr(self.backend, "attach", None)
+        if attach is not None:  # the CPU backend's pack cache names panels by tensor root
+            attach(model, self._flat_weights)
         self._cache_nodes = frozenset(
             i for i, node in enumerate(self.program.nodes) if node.op == Op.CACHE_APPEND
         )

@@ -112,6 +112,46 @@ def test_trace_roots_equal_across_backends_and_widths(checkpoints, width) -> Non
     assert len(set(roots.values())) == 1, roots
 
 
+def test_pack_cache_maps_one_copy_with_the_same_bits(checkpoints, tmp_path: Path) -> None:
+    """Panels written once per weight (bf16 16-bit, fp16 and fp32 widened) and mapped by the
+    next executor instead of packed again: same trace roots as the reference; the same values
+    stored at another width are other files; a file of the wrong shape is packed again; an
+    unwritable directory leaves the panels in memory, naming why."""
+    from refute.kernels.cpu.pack_cache import PackCache
+
+    request = Request(prompt=(3, 141, 59, 26), max_new_tokens=3, temperature=0.8, seed=7)
+    cache_dir = tmp_path / "packed"
+    for width in ("bf16", "bf16-as-f32", "fp16"):
+        model = load_model(checkpoints[width])
+        want = Executor(model).generate([request])[0].trace.root()
+        first = PackCache(cache_dir, min_bytes=0)
+        gen = Executor(model, CPUBackend(pack_cache=first)).generate([request])[0]
+        assert gen.trace.root() == want and first.written > 0 and first.mapped == 0
+        again = PackCache(cache_dir, min_bytes=0)
+        backend = CPUBackend(pack_cache=again)
+        gen = Executor(load_model(checkpoints[width]), backend).generate([request])[0]
+        assert gen.trace.root() == want and again.written == 0 and again.mapped == first.written
+        panels = [w.panels for _, w in backend._packed.values()]
+        assert all(isinstance(p, np.memmap) for p in panels)
+        assert {p.dtype for p in panels} == {np.dtype(np.uint16 if width == "bf16" else F32)}
+    files = sorted(cache_dir.glob("*.npy"))
+    assert len(files) == 3 * first.written  # bf16 / fp32 of the same values: different panels
+    np.save(files[0], np.zeros((1, 8, 16), np.float32))  # a stale or foreign file
+    repair = PackCache(cache_dir, min_bytes=0)
+    for width in ("bf16", "bf16-as-f32", "fp16"):
+        model = load_model(checkpoints[width])
+        gen = Executor(model, CPUBackend(pack_cache=repair)).generate([request])[0]
+        assert gen.trace.root() == Executor(model).generate([request])[0].trace.root()
+    assert repair.written == 1 and np.load(files[0]).shape != (1, 8, 16)
+    (tmp_path / "f").write_text("a file, not a directory")
+    unwritable = PackCache(tmp_path / "f" / "packed", min_bytes=0)
+    model = load_model(checkpoints["fp16"])
+    gen = Executor(model, CPUBackend(pack_cache=unwritable)).generate([request])[0]
+    assert gen.trace.root() == Executor(model).generate([request])[0].trace.root()
+    assert unwritable.written == 0 and str(tmp_path / "f") in unwritable.failed
+    assert not list(cache_dir.glob("*.tmp"))
+
+
 def test_noncanonical_nans_are_made_canonical_once() -> None:
     bits = np.array([0x3F80, 0xFFC1, 0x7F81, 0x7FC0, 0x0001], np.uint16)
     admitted = admit(bits.view(BF16))

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src
 from refute.engine.weights import widen
 
 if TYPE_CHECKING:
+    from refute.kernels.cpu.pack_cache import PackCache
     from refute.kernels.cpu.tree_dot import PackedWeight
 
 
@@ -178,8 +179,10 @@ class CPUBackend:
         parallel: bool | None = None,
         load_after_s: float | None = None,
         on_compile: Callable[[], None] | None = None,
+        pack_cache: PackCache | None = None,
     ) -> None:
         self.fallback = fallback or ReferenceBackend()
+        self.pack_cache = pack_cache
         self.parallel = parallel
         self.load_after_s = load_after_s
         self.on_compile = on_compile
@@ -188,6 +191,11 @@ class CPUBackend:
         self._plans: dict[Node, DotPlan | None] = {}
         # (id(source), offset, transposed, k, n) -> (source kept alive, its packed panels)
         self._packed: dict[tuple[int, int, bool, int, int], tuple[np.ndarray, PackedWeight]] = {}
+
+    def attach(self, model: Any, flat_weights: list[np.ndarray]) -> None:
+        """An executor's weights (its flat arrays): their panels may come from the pack cache."""
+        if self.pack_cache is not None:
+            self.pack_cache.attach(model, flat_weights)
 
     @property
     def loaded(self) -> bool:
@@ -279,7 +287,16 @@ class CPUBackend:
             return hit[1]
         flat = source[plan.w_offset : plan.w_offset + plan.k * plan.n]
         shape = (plan.k, plan.n) if plan.transposed else (plan.n, plan.k)
-        pack = (self._kernels or self._load()).pack
-        weight = pack(flat.reshape(shape), transposed=plan.transposed)
+        kernels = self._kernels or self._load()
+
+        def pack() -> PackedWeight:
+            return kernels.pack(flat.reshape(shape), transposed=plan.transposed)
+
+        weight = None
+        if self.pack_cache is not None:
+            layout = (plan.w_offset, plan.transposed, plan.k, plan.n)
+            weight = self.pack_cache.panels(source, layout, pack)
+        if weight is None:
+            weight = pack()
         self._packed[key] = (source, weight)
         return weight
