@@ -89,8 +89,18 @@ def _rid(key: str) -> str:
     return "cmpl-ik-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def test_served_requests_survive_sigkill_and_sigterm(anvil_web3: Web3, tmp_path: Path) -> None:
+@pytest.fixture
+def server(anvil_web3: Web3, tmp_path: Path):
     server = Server(anvil_web3.provider.endpoint_uri, tmp_path / "state", tmp_path)
+    yield server
+    if server.popen is not None and server.popen.poll() is None:  # a failed test's server
+        server.popen.kill()
+        server.popen.wait(10)
+
+
+def test_served_requests_survive_sigkill_and_sigterm(
+    anvil_web3: Web3, server: Server, tmp_path: Path
+) -> None:
     client = server.start(crash="prover:sent:postClaim")
     game_address = server.wait_for("deployed", 5)["game"]
     game = GameClient.at(anvil_web3, game_address)
