@@ -147,7 +147,7 @@ def test_prove_cheat_is_caught_by_the_watcher(tmp_path: Path) -> None:
     the bisection ends on the drilled record, the claim is overturned and the watcher wins."""
     result = CliRunner().invoke(main, [
         "prove", "--model", "tiny-llama", "--prompt-tokens", "5,17,250,3", "--max-new-tokens",
-        "3", "--cheat", "3,layers.1.mlp.down,5", "--watch", "--until-idle", "--window", "60",
+        "3", "--cheat", "3,layers.1.mlp.down,5", "--watch", "--until-idle", "--window", "20",
         "--interval", "0.1", "--max-seconds", "200", "--state", str(tmp_path / "s"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
