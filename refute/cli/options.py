@@ -12,18 +12,66 @@ import click
 from tqdm import tqdm
 
 
-def seed_option(f: Callable) -> Callable:
-    """--seed: an integer in [0, 2^256) (the range said once, not printed in full)."""
-
+def _seed(f: Callable, help: str) -> Callable:
     def check(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
         if not 0 <= value < 2**256:
             raise click.BadParameter("the seed must be an integer in [0, 2^256)")
         return value
 
     return click.option(
-        "--seed", default=0, show_default=True, type=int, callback=check,
-        help="sampling seed, an integer in [0, 2^256)",
-    )(f)  # fmt: skip
+        "--seed", default=0, show_default=True, type=int, callback=check, help=help
+    )(f)
+
+
+def seed_option(f: Callable) -> Callable:
+    """--seed: an integer in [0, 2^256) (the range said once, not printed in full)."""
+    return _seed(f, "sampling seed, an integer in [0, 2^256)")
+
+
+def request_defaults(max_new_tokens: int) -> Callable:
+    """--max-new-tokens, --temperature and --seed of a prover: what a request it serves gets
+    where it names none (`refute prove` and `refute serve`)."""
+
+    def apply(f: Callable) -> Callable:
+        f = _seed(f, "seed of a request that names none, an integer in [0, 2^256)")
+        f = click.option(
+            "--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
+            help="temperature of a request that names none (0: greedy)",
+        )(f)  # fmt: skip
+        return click.option(
+            "--max-new-tokens", default=max_new_tokens, show_default=True,
+            type=click.IntRange(min=1), help="tokens to generate for a request that names none",
+        )(f)  # fmt: skip
+
+    return apply
+
+
+def drill_syntax(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a malformed drill target before the chain is touched (the model check follows)."""
+    from refute.bisection.drills import DrillError, split_target
+
+    if value is not None:
+        try:
+            split_target(value)
+        except DrillError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def prover_drill_options(cheat_help: str) -> Callable:
+    """--watch (a watcher in the prover's process) and the --cheat drill of a prover."""
+
+    def apply(f: Callable) -> Callable:
+        f = click.option(
+            "--cheat", default=None, metavar="POSITION,NODE,ELEMENT", callback=drill_syntax,
+            help=cheat_help,
+        )(f)  # fmt: skip
+        return click.option(
+            "--watch", "also_watch", is_flag=True,
+            help="also watch every claim on the game, as `refute watch` does",
+        )(f)  # fmt: skip
+
+    return apply
 
 
 def progress_bar(**kwargs: object) -> tqdm:

@@ -19,8 +19,8 @@ from typing import Any
 import click
 
 from refute.cli import main
-from refute.cli.options import _service_options
-from refute.cli.service import _drill, _drill_syntax, _open, _worker
+from refute.cli.options import _service_options, prover_drill_options, request_defaults
+from refute.cli.service import _drill, _open, _worker
 
 DEFAULT_MAX_QUEUE = 64
 """Requests waiting for their claims beyond which `refute serve` answers 429 (--max-queue)."""
@@ -222,40 +222,10 @@ def start(args: list[str]) -> Serving:
     help="the model's id in the API (default: demo for the shipped checkpoint, else the "
     "checkpoint directory's name or the built-in model's)",
 )
-@click.option(
-    "--max-new-tokens",
-    default=16,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="max_tokens of a request that names none",
-)
-@click.option(
-    "--temperature",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="temperature of a request that names none (0: greedy)",
-)
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0, 2**256 - 1),
-    help="seed of a request that names none",
-)
-@click.option(
-    "--watch",
-    "also_watch",
-    is_flag=True,
-    help="also watch every claim on the game, as `refute watch` does",
-)
-@click.option(
-    "--cheat",
-    default=None,
-    metavar="POSITION,NODE,ELEMENT",
-    callback=_drill_syntax,
-    help="a drill, as for `refute prove`: every claim's trace has this one element wrong, "
-    "so that watchers dispute and overturn it",
+@request_defaults(max_new_tokens=16)
+@prover_drill_options(
+    "a drill, as for `refute prove`: every claim's trace has this one element wrong, "
+    "so that watchers dispute and overturn it"
 )
 def serve(**params: Any) -> None:
     """Serve an OpenAI-compatible API (POST /v1/completions, /v1/chat/completions; GET

@@ -24,8 +24,10 @@ from refute.cli.options import (
     _bonds,
     _parse_tokens,
     _service_options,
+    drill_syntax,
     parse_amount,
-    seed_option,
+    prover_drill_options,
+    request_defaults,
 )
 
 
@@ -225,18 +227,6 @@ def _run(service: Any, opts: dict[str, Any], model: Any, executor: Any) -> None:
             worker.close()  # Ray actors end with the process that made them, or here
 
 
-def _drill_syntax(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Refuse a malformed drill target before the chain is touched (the model check follows)."""
-    from refute.bisection.drills import DrillError, split_target
-
-    if value is not None:
-        try:
-            split_target(value)
-        except DrillError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
-
-
 def _drill(parse: Callable, text: str | None, model: Any, option: str) -> Any:
     """The tamper hook of a --cheat / --lie drill, validated against the model's program."""
     from refute.bisection.drills import DrillError
@@ -273,23 +263,11 @@ def _executor(model: Any, opts: dict[str, Any], tamper: Any = None):
     'each {"prompt": text} or {"tokens": [ids]}, optionally with max_new_tokens, '
     "temperature, seed",
 )
-@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@seed_option
-@click.option(
-    "--watch",
-    "also_watch",
-    is_flag=True,
-    help="also watch every claim on the game, as `refute watch` does",
-)
-@click.option(
-    "--cheat",
-    default=None,
-    metavar="POSITION,NODE,ELEMENT",
-    callback=_drill_syntax,
-    help="a drill: claim traces in which this one element is wrong (its lowest bit flipped; "
+@request_defaults(max_new_tokens=8)
+@prover_drill_options(
+    "a drill: claim traces in which this one element is wrong (its lowest bit flipped; "
     "NODE a node name such as layers.1.mlp.down, or its id), so that watchers dispute them "
-    "and win; the claim bond is lost",
+    "and win; the claim bond is lost"
 )
 @click.option(
     "--oracle",
@@ -402,7 +380,7 @@ def prove(
     "--lie",
     default=None,
     metavar="POSITION,NODE,ELEMENT",
-    callback=_drill_syntax,
+    callback=drill_syntax,
     help="a drill: a dishonest watcher, re-executing with this one element wrong (as "
     "prove --cheat), so that it disputes honest claims and loses its challenge bond",
 )
