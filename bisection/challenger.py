@@ -153,17 +153,18 @@ class Challenger(Player):
                 self.worker.submit(key, float(info.get("deadline", 0)), job, executor=self.executor)
             return
         try:
-            gen = self.worker.take(key)
+            result = self.worker.take(key)
         except RefuteError as exc:
             info["verdict"] = f"unexecutable: {exc}"
             self.store.save()
             return
+        full = result if isinstance(result, Generation) else None  # from the local pool
+        summary = Reexecution.of(full) if full is not None else result
         seconds = self.worker.seconds.get(key)
         if seconds:
-            positions = gen.trace.positions if isinstance(gen, Generation) else gen.positions
-            rate = positions / seconds
+            rate = summary.positions / seconds
             self.speed = rate if self.speed is None else 0.7 * self.speed + 0.3 * rate
-        info["verdict"] = self._decide(cid, info, gen)
+        info["verdict"] = self._decide(cid, info, summary, full)
         info["reexecuted"] = time.time()
         self.store.save()
 
@@ -173,18 +174,18 @@ class Challenger(Player):
         job = self._job(request)
         return ReexecutionJob(job) if self.worker.REMOTE else job
 
-    def _decide(self, cid: int, info: dict[str, Any], gen: Generation | Reexecution) -> str:
-        full = isinstance(gen, Generation)
-        root = gen.trace.root() if full else gen.trace_root
-        info["own_root"] = root.hex()
-        if root.hex() != info["trace_root"]:
+    def _decide(
+        self, cid: int, info: dict[str, Any], summary: Reexecution, full: Generation | None
+    ) -> str:
+        info["own_root"] = summary.trace_root.hex()
+        if info["own_root"] != info["trace_root"]:
             verdict = "dispute"
-        elif list(gen.output_tokens) != info["tokens"]:
+        elif summary.output_tokens != info["tokens"]:
             verdict = "token-mismatch"
         else:
             return "match"
-        if full:  # its caches are here: the Side is ready
-            self._side(cid, gen)
+        if full is not None:  # its caches are here: the Side is ready
+            self._side(cid, full)
         return verdict
 
     def _open(self, cid: int, info: dict[str, Any]) -> dict[str, Any] | None:

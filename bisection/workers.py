@@ -65,6 +65,10 @@ class Reexecution:
     trace_root: bytes
     positions: int
 
+    @classmethod
+    def of(cls, gen: Generation) -> Reexecution:
+        return cls(gen.request, list(gen.tokens), gen.trace.root(), gen.trace.positions)
+
     @property
     def output_tokens(self) -> list[int]:
         return self.tokens[len(self.request.prompt) :]
@@ -79,8 +83,7 @@ class ReexecutionJob:
     def run(
         self, executor: Executor, on_position: Callable[[int], None] | None = None
     ) -> Reexecution:
-        gen = self.job.run(executor, on_position)
-        return Reexecution(gen.request, list(gen.tokens), gen.trace.root(), gen.trace.positions)
+        return Reexecution.of(self.job.run(executor, on_position))
 
 
 @dataclass(order=True)

@@ -63,7 +63,7 @@ class PackCache:
         known = self._weights.get(id(source))
         if known is None or known[0] is not source:
             return None
-        from refute.kernels.cpu.tree_dot import BLOCK, LANES, PackedWeight
+        from refute.kernels.cpu.tree_dot import BLOCK, LANES, PackedWeight, panel_layout
 
         _, model, i = known
         stored = model.weights[i].dtype
@@ -77,7 +77,7 @@ class PackCache:
                 panels = np.load(path, mmap_mode="c")
             except (OSError, ValueError):
                 panels = None
-            if panels is not None and _fits(panels, k, n, stored):
+            if panels is not None and (panels.shape, panels.dtype) == panel_layout(k, n, stored):
                 self.mapped += 1
                 return PackedWeight(panels, k, n)
         weight = pack()
@@ -92,20 +92,9 @@ class PackCache:
                 np.save(f, weight.panels)
             os.replace(tmp, path)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             self.failed = f"{path}: {exc.strerror}"
             return weight
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        finally:
+            Path(tmp).unlink(missing_ok=True)  # gone after the rename; a partial file otherwise
         self.written += 1
         return PackedWeight(np.load(path, mmap_mode="c"), k, n)
-
-
-def _fits(panels: np.ndarray, k: int, n: int, stored: np.dtype) -> bool:
-    from refute.engine.weights import BF16
-    from refute.kernels.cpu.tree_dot import BLOCK, LANES
-
-    want = np.uint16 if stored == BF16 else np.float32
-    kp = max(BLOCK, -(-k // BLOCK) * BLOCK)
-    return panels.dtype == want and panels.shape == (-(-n // LANES), kp, LANES)

@@ -69,6 +69,17 @@ class PackedWeight:
     n: int
 
 
+def panel_shape(k: int, n: int) -> tuple[int, int, int]:
+    """[N/LANES, Kp, LANES]: the panels of a K x N weight (K padded to a whole block)."""
+    return -(-n // LANES), max(BLOCK, -(-k // BLOCK) * BLOCK), LANES
+
+
+def panel_layout(k: int, n: int, stored: np.dtype) -> tuple[tuple[int, int, int], np.dtype]:
+    """Shape and dtype of what `pack` makes of a K x N weight stored as `stored`: bf16 bit
+    patterns for bf16, float32 for the rest."""
+    return panel_shape(k, n), np.dtype(np.uint16 if stored == BF16 else _F32)
+
+
 def pack(w: np.ndarray, transposed: bool = False) -> PackedWeight:
     """Re-lay out a weight once (at load time) so the kernels stream it contiguously.
 
@@ -85,9 +96,7 @@ def pack(w: np.ndarray, transposed: bool = False) -> PackedWeight:
     if w.ndim != 2:
         raise ValueError(f"pack needs a matrix, got shape {w.shape}")
     k, n = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
-    kp = max(BLOCK, -(-k // BLOCK) * BLOCK)
-    blocks = -(-n // LANES)
-    panels = np.zeros((blocks, kp, LANES), dtype=w.dtype)  # +0 padding either way
+    panels = np.zeros(panel_shape(k, n), dtype=w.dtype)  # +0 padding either way
     if transposed:
         full = n // LANES
         if full:
