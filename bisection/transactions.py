@@ -38,7 +38,7 @@ from web3.exceptions import (
 
 from refute.bisection.follower import remember_block
 from refute.bisection.store import Intent, Store
-from refute.contracts.game import TX_GAS, GameClient, GameError, _revert_data, error_name
+from refute.contracts.game import TX_GAS, GameClient, GameError, error_name, revert_data
 from refute.errors import RefuteError
 
 RECEIPT_WAIT = 30.0
@@ -132,7 +132,7 @@ class TrackedGame(GameClient):
         try:
             return call.call(tx, block_identifier="pending")
         except (ContractCustomError, ContractLogicError, TransactionFailed) as exc:
-            raw = _revert_data(exc)
+            raw = revert_data(exc)
             raise GameError(error_name(raw), raw) from None
 
     def _close(self, intent: Intent, receipt: Any) -> None:

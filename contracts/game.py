@@ -120,7 +120,7 @@ def error_name(data: bytes) -> str:
     return ERRORS.get(bytes(data[:4]), f"<unknown revert {bytes(data[:4]).hex()}>")
 
 
-def _revert_data(exc: Exception) -> bytes:
+def revert_data(exc: Exception) -> bytes:
     """The revert data of a failed call: web3's errors carry it as hex; the embedded tester's
     TransactionFailed only as the repr of the bytes in its message."""
     data = getattr(exc, "data", None)
@@ -273,7 +273,7 @@ class GameClient:
         try:
             result = call.call(tx, block_identifier="pending")
         except (ContractCustomError, ContractLogicError, TransactionFailed) as exc:
-            raw = _revert_data(exc)
+            raw = revert_data(exc)
             raise GameError(error_name(raw), raw) from None
         receipt = self.w3.eth.wait_for_transaction_receipt(call.transact({**tx, "gas": TX_GAS}))
         if receipt["status"] != 1:

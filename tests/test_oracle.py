@@ -340,9 +340,9 @@ def test_the_callback_always_gets_its_whole_gas_limit(chain, model, greedy) -> N
         )
         raise AssertionError("a delivery with too little gas went through")
     except Exception as exc:
-        from refute.contracts.game import _revert_data
+        from refute.contracts.game import revert_data
 
-        assert _revert_data(exc)[:4] == selector
+        assert revert_data(exc)[:4] == selector
     result, _ = oracle.deliver(rid, list(greedy.output_tokens))
     assert result == CallbackResult.SUCCEEDED and c.functions.finished().call()
 

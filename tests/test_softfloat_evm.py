@@ -14,7 +14,6 @@ result decoded with numpy, since web3's ABI coder would dominate the run time.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError
 
 from refute.contracts.chain import deploy
+from refute.contracts.game import revert_data
 from refute.kernels import reference as ref
 
 U32 = np.uint32
@@ -361,17 +361,6 @@ def test_conversions_embedded(embedded: Harness) -> None:
     assert_bits_equal("toBf16", (x,), embedded.unary("toBf16", x), want)
 
 
-def _revert_data(exc: BaseException) -> bytes:
-    """The revert data of a failed eth_call: web3's ContractCustomError carries it as hex,
-    eth-tester's TransactionFailed as a bytes literal in its message."""
-    data = getattr(exc, "data", None)
-    if isinstance(data, str):
-        return bytes.fromhex(data.removeprefix("0x"))
-    message = str(exc.args[0]) if exc.args else ""
-    start = message.find("b'")
-    return ast.literal_eval(message[start:]) if start >= 0 else b""
-
-
 @pytest.mark.parametrize("chain", ["embedded_web3", "anvil_web3"])
 def test_require_canonical(request: pytest.FixtureRequest, chain: str) -> None:
     w3: Web3 = request.getfixturevalue(chain)
@@ -382,7 +371,7 @@ def test_require_canonical(request: pytest.FixtureRequest, chain: str) -> None:
     for bad in (0x7FC00001, 0xFFC00000, 0x7F800001, 0xFFFFFFFF):
         with pytest.raises((ContractCustomError, TransactionFailed)) as info:
             contract.functions.requireCanonical(bad).call()
-        assert _revert_data(info.value) == selector + _word(bad)
+        assert revert_data(info.value) == selector + _word(bad)
 
 
 def test_single_call_entry_points(embedded_web3: Web3) -> None:

@@ -260,8 +260,6 @@ contract DisputeGame {
     error TooManyPositions(uint256 positions, uint256 maxPositions);
     /// @notice numRecords != nodesPerPosition * positions.
     error WrongRecordCount(uint256 numRecords, uint256 expected);
-    /// @notice A token is not below the vocabulary size.
-    error TokenOutOfRange(uint256 token, uint256 vocabSize);
     /// @notice The temperature is not a finite value >= 0.
     error BadTemperature(uint32 bits);
     /// @notice No such claim.
@@ -407,8 +405,7 @@ contract DisputeGame {
         if (numRecords != positions * m.nodesPerPosition) {
             revert WrongRecordCount(numRecords, positions * m.nodesPerPosition);
         }
-        _checkTokens(prompt, m.vocabSize);
-        _checkTokens(outputTokens, m.vocabSize);
+        reader.checkTokens(prompt, outputTokens, m.vocabSize);
 
         c.claimant = msg.sender;
         c.deadline = uint64(block.timestamp) + window;
@@ -854,27 +851,6 @@ contract DisputeGame {
     function _tokenCount(bytes calldata tokens) private pure returns (uint256) {
         if (tokens.length % 4 != 0) revert BadTokenBytes(tokens.length);
         return tokens.length / 4;
-    }
-
-    /// @dev Every token < vocab. In assembly: at 4,096 tokens (a full Llama-2 context) the
-    ///      Solidity loop alone cost about 1M gas.
-    function _checkTokens(bytes calldata tokens, uint256 vocab) private pure {
-        uint256 bad = type(uint256).max;
-        assembly ("memory-safe") {
-            let end := add(tokens.offset, tokens.length)
-            for { let p := tokens.offset } lt(p, end) { p := add(p, 4) } {
-                let w := shr(224, calldataload(p)) // the 4 bytes, big-endian
-                let t := or(
-                    or(shr(24, w), and(shr(8, w), 0xFF00)),
-                    or(and(shl(8, w), 0xFF0000), and(shl(24, w), 0xFF000000))
-                )
-                if iszero(lt(t, vocab)) {
-                    bad := t
-                    break
-                }
-            }
-        }
-        if (bad != type(uint256).max) revert TokenOutOfRange(bad, vocab);
     }
 
     function _pendingClaim(uint256 claimId) private view returns (Claim storage c) {

@@ -4,6 +4,7 @@ pragma solidity 0.8.37;
 import {Bisection} from "./Bisection.sol";
 import {DisputeGame} from "./DisputeGame.sol";
 import {ModelRegistry} from "./ModelRegistry.sol";
+import {Tokens} from "./Tokens.sol";
 
 /// @title IInferenceConsumer: what a contract implements to receive an inference.
 interface IInferenceConsumer {
@@ -166,8 +167,6 @@ contract InferenceOracle {
     error NoNewTokens();
     /// @notice More positions than the model allows.
     error TooManyPositions(uint256 positions, uint256 maxPositions);
-    /// @notice A prompt token is not below the vocabulary size.
-    error TokenOutOfRange(uint256 token, uint256 vocabSize);
     /// @notice The temperature is not a finite value >= 0.
     error BadTemperature(uint32 bits);
     /// @notice The deadline is not in the future.
@@ -452,30 +451,7 @@ contract InferenceOracle {
         if (positions > m.maxPositions) revert TooManyPositions(positions, m.maxPositions);
         // finite and >= 0: +0, -0 or a positive finite pattern (as DisputeGame.postClaim)
         if (temperature != 0x80000000 && temperature >= 0x7F800000) revert BadTemperature(temperature);
-        _checkTokens(prompt, m.vocabSize);
-    }
-
-    /// @dev Every token < vocab (O5: a loop over calldata, in assembly: one word read and a
-    ///      byte swap per token).
-    function _checkTokens(bytes calldata tokens, uint256 vocab) private pure {
-        uint256 bad = type(uint256).max;
-        assembly ("memory-safe") {
-            for {
-                let p := tokens.offset
-                let end := add(tokens.offset, tokens.length)
-            } lt(p, end) { p := add(p, 4) } {
-                let b := shr(224, calldataload(p)) // bytes b0 b1 b2 b3, b0 highest
-                let t := or(
-                    or(shr(24, b), and(shr(8, b), 0xFF00)),
-                    or(and(shl(8, b), 0xFF0000), and(shl(24, b), 0xFF000000))
-                )
-                if iszero(lt(t, vocab)) {
-                    bad := t
-                    p := end
-                }
-            }
-        }
-        if (bad != type(uint256).max) revert TokenOutOfRange(bad, vocab);
+        Tokens.checkRange(prompt, m.vocabSize);
     }
 
     /// @dev O2: the claim is an inference of exactly this request.

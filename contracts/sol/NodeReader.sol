@@ -4,10 +4,11 @@ pragma solidity 0.8.37;
 import {MerkleProofs} from "./MerkleProofs.sol";
 import {OneStepVerifier} from "./OneStepVerifier.sol";
 import {SoftFloat32} from "./SoftFloat32.sol";
+import {Tokens} from "./Tokens.sol";
 
 /// @title NodeReader: what the dispute game reads from a node descriptor, the combine step of
-///        a reduction tree, and the opening of a claim's sampled token (a separate contract so
-///        that DisputeGame stays under 24 KiB).
+///        a reduction tree, the opening of a claim's sampled token and the range check of a
+///        claim's tokens (a separate contract so that DisputeGame stays under 24 KiB).
 /// @dev Invariants:
 ///      - N1 (same IR): `shapeAt` resolves shapes as OneStepVerifier does (T = t + 1); dtype is
 ///        uint32 exactly for SAMPLE nodes and ARGMAX reductions (docs/ir.md).
@@ -110,6 +111,18 @@ contract NodeReader {
         return MerkleProofs.verifyElement(
             recordRoot, MerkleProofs.DTYPE_U32, 1, 0, chunk, chunkSiblings
         );
+    }
+
+    /// @notice Revert with Tokens.TokenOutOfRange unless every token of a claim is < vocab.
+    /// @param prompt uint32 tensor data (4-byte little-endian words).
+    /// @param outputTokens Likewise.
+    /// @param vocab The vocabulary size (> 0).
+    function checkTokens(bytes calldata prompt, bytes calldata outputTokens, uint256 vocab)
+        external
+        pure
+    {
+        Tokens.checkRange(prompt, vocab);
+        Tokens.checkRange(outputTokens, vocab);
     }
 
     function _dim(int64 d, uint256 t, uint256 nodeId) private pure returns (uint256) {
