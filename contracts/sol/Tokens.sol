@@ -16,7 +16,8 @@ library Tokens {
     ///      keeps bit 32 set exactly when token < vocab, and no subtraction borrows across
     ///      units. About 15 gas a token, where a loop over single tokens cost about 150 (600k
     ///      gas at a 4,096-token context). A failing word is searched token by token for the
-    ///      first bad one (the revert path only).
+    ///      first bad one (the revert path only); the search decides, so a fast test that
+    ///      failed a good word would cost gas, never a wrong verdict.
     function checkRange(bytes calldata tokens, uint256 vocab) internal pure {
         uint256 bad = type(uint256).max;
         assembly ("memory-safe") {
@@ -45,6 +46,7 @@ library Tokens {
                             break
                         }
                     }
+                    if iszero(not(bad)) { continue } // no bad token: the next word
                     break
                 }
             }
