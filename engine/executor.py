@@ -39,7 +39,8 @@ class Request:
 
 
 class Cache:
-    """One sequence's KV cache of one CACHE_APPEND node, with its incremental commitment."""
+    """One sequence's KV cache of one CACHE_APPEND node, with its incremental commitment (of
+    the rows a recording executor appended: all of them, or none)."""
 
     def __init__(self, row_size: int) -> None:
         self.row_size = row_size
@@ -55,7 +56,6 @@ class Cache:
             self.data = grown
         self.data[self.rows * self.row_size : need] = row
         self.rows += 1
-        self.commitment.extend(row)
         return self.data[:need]
 
     def prefix(self, rows: int) -> np.ndarray:
@@ -105,7 +105,12 @@ class Executor:
         self._cache_nodes = frozenset(
             i for i, node in enumerate(self.program.nodes) if node.op == Op.CACHE_APPEND
         )
-        self.seconds = {"evaluate": 0.0, "commit": 0.0}  # accumulated wall time, for reports
+        # the nodes whose outputs are committed at the end of a step (a cache's root grows
+        # with the cache instead)
+        self._step_nodes = [i for i in range(len(self.program.nodes)) if i not in self._cache_nodes]
+        # accumulated wall time, for reports: computing and keeping outputs, and hashing them
+        # (step outputs, cache roots, trace records)
+        self.seconds = {"evaluate": 0.0, "commit": 0.0}
 
     # --- public ------------------------------------------------------------------------------
 
@@ -196,10 +201,10 @@ class Executor:
         outs: list[list[np.ndarray]] = [[None] * n for _ in rows]  # type: ignore[list-item]
         roots: list[list[bytes]] = [[merkle.EMPTY] * n for _ in rows]
         groups = self.backend.groups(program) if hasattr(self.backend, "groups") else None
-        pending: list[tuple[int, int, np.ndarray]] = []  # (row, node, output) to commit
         cache_nodes, n_rows = self._cache_nodes, len(rows)
+        seconds = self.seconds
         for group in groups or [(i,) for i in range(n)]:
-            start = time.perf_counter()
+            start, committed = time.perf_counter(), seconds["commit"]
             if len(group) == 1:
                 node = program.nodes[group[0]]
                 inputs = [
@@ -212,24 +217,21 @@ class Executor:
                              outs[i], self._flat_weights)
                     for i, (gen, t) in enumerate(rows)
                 ])  # fmt: skip
-            middle = time.perf_counter()
             for node_id, results in zip(group, per_node, strict=True):
                 if self.tamper is None and node_id not in cache_nodes and len(results) == n_rows:
-                    for i, result in enumerate(results):  # _store's common case, inlined
-                        outs[i][node_id] = result
-                        if record:
-                            pending.append((i, node_id, result))
-                else:
-                    self._store(node_id, rows, results, outs, roots, record, pending)
-            end = time.perf_counter()
-            self.seconds["evaluate"] += middle - start
-            self.seconds["commit"] += end - middle
-        if pending:  # every output of this step committed together (merkle.tensor_roots)
+                    for row_outs, result in zip(outs, results, strict=True):  # _store's usual
+                        row_outs[node_id] = result
+                else:  # a cache (its commitment timed as such) or a tampered output
+                    self._store(node_id, rows, results, outs, roots, record)
+            seconds["evaluate"] += time.perf_counter() - start - (seconds["commit"] - committed)
+        if record:  # every other output of this step committed together (merkle.tensor_roots)
             start = time.perf_counter()
-            done = merkle.tensor_roots([result for _, _, result in pending])
-            for (i, node_id, _), root in zip(pending, done, strict=True):
-                roots[i][node_id] = root
-            self.seconds["commit"] += time.perf_counter() - start
+            step = self._step_nodes
+            done = merkle.tensor_roots([row_outs[k] for row_outs in outs for k in step])
+            for i, row_roots in enumerate(roots):
+                for k, root in zip(step, done[i * len(step) : (i + 1) * len(step)], strict=True):
+                    row_roots[k] = root
+            seconds["commit"] += time.perf_counter() - start
         return outs, roots
 
     def _store(
@@ -240,10 +242,10 @@ class Executor:
         outs: list[list[np.ndarray]],
         roots: list[list[bytes]],
         record: bool,
-        pending: list[tuple[int, int, np.ndarray]],
     ) -> None:
-        """Keep each row's output of a node (appending to its cache, whose root is incremental);
-        other outputs join `pending`, committed together at the end of the step."""
+        """Keep each row's output of a node (after the tamper hook), appending to its cache,
+        whose root grows with it when recording; other outputs are committed at the end of the
+        step."""
         node = self.program.nodes[node_id]
         for i, ((gen, t), result) in enumerate(zip(rows, results, strict=True)):
             if self.tamper is not None:
@@ -254,11 +256,12 @@ class Executor:
                     raise ExecutionError("cache rows out of step with positions")
                 outs[i][node_id] = cache.append(result)
                 if record:
+                    start = time.perf_counter()
+                    cache.commitment.extend(result)
                     roots[i][node_id] = cache.commitment.root()
+                    self.seconds["commit"] += time.perf_counter() - start
                 continue
             outs[i][node_id] = result
-            if record:
-                pending.append((i, node_id, result))
 
     def _row_inputs(self, node, gen: Generation, t: int, outs: list[np.ndarray]) -> Row:
         sources = []

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -198,9 +199,47 @@ def tensor_root(values: np.ndarray) -> bytes:
     return bind_tensor(dtype, len(data) // 4, tree)
 
 
+class BatchHasher(Protocol):
+    """Compiled loops hashing a whole batch of the messages below at once, with the same bytes
+    (refute.kernels.cpu.sha256, over OpenSSL; installed with `use_batch_hasher`)."""
+
+    def tensor_roots(
+        self, words: np.ndarray, counts: np.ndarray, dtype: int, zero: np.ndarray
+    ) -> bytes: ...
+
+    def append_records(
+        self, frontier: np.ndarray, count: int, position: int, roots: list[bytes], tag: int
+    ) -> None: ...
+
+    def append_leaves(self, frontier: np.ndarray, count: int, data: bytes, chunks: int) -> None: ...
+
+    def growing_root(
+        self, frontier: np.ndarray, count: int, tail: bytes, dtype: int, length: int,
+        zero: np.ndarray,
+    ) -> bytes: ...  # fmt: skip
+
+
+_batch: BatchHasher | None = None
+_ZERO_ROWS = np.frombuffer(b"".join(ZERO), dtype=np.uint8).reshape(-1, 32)
+
+
+def use_batch_hasher(hasher: BatchHasher | None) -> None:
+    """Hash step commitments through `hasher` from now on (None: hashlib, the definition).
+
+    The roots are the same either way (tests/test_sha256_batch.py); the CPU backend installs
+    its compiled hasher when it loads its kernels, so a short run pays no compile for it."""
+    global _batch
+    _batch = hasher
+
+
+def batch_hasher() -> BatchHasher | None:
+    return _batch
+
+
 _CHUNK_VALUES = CHUNK_BYTES // 4
 _PARALLEL_VALUES = _PARALLEL_BYTES // 4
 _F32 = np.dtype(np.float32)
+_U32 = np.dtype(np.uint32)
 _ZERO_CHUNK = np.zeros(_CHUNK_VALUES, dtype=np.float32)  # +0.0: all-zero bits, the padding
 _BIND_PREFIX: dict[int, bytes] = {}  # element count -> 0x02 || float32 || count
 
@@ -246,7 +285,10 @@ def tensor_roots(tensors: Sequence[np.ndarray]) -> list[bytes]:
     So the float32 tensors are copied once into one buffer in which each starts on a chunk
     boundary and its last chunk is padded with zero bits (the chunks of the definition, laid
     end to end), NaNs are made canonical in one pass, and every chunk's leaf is hashed in one
-    loop. Other dtypes and very large tensors (weights) go through `tensor_root`."""
+    loop. Other dtypes and very large tensors (weights) go through `tensor_root`. With a
+    `BatchHasher` installed, all of it is one compiled call."""
+    if _batch is not None:
+        return _batched_tensor_roots(_batch, tensors)
     roots: list[bytes] = [EMPTY] * len(tensors)
     pieces: list[np.ndarray] = []
     spans: list[tuple[int, int, int]] = []  # (index, elements, chunks)
@@ -280,6 +322,32 @@ def tensor_roots(tensors: Sequence[np.ndarray]) -> list[bytes]:
         if prefix is None:
             prefix = prefixes[n] = TAG_TENSOR + bytes([DTYPE_F32]) + n.to_bytes(8, "big")
         roots[i] = sha(prefix + tree).digest()
+    return roots
+
+
+def _batched_tensor_roots(batch: BatchHasher, tensors: Sequence[np.ndarray]) -> list[bytes]:
+    """tensor_roots through `batch`: the float32 tensors, then the uint32 ones, copied end to
+    end (the compiled loop pads each one's last chunk); anything else through `tensor_root`."""
+    roots = [EMPTY] * len(tensors)
+    kinds: tuple[list[int], list[int]] = ([], [])  # indices of the float32, the uint32 tensors
+    f32, u32, most = _F32, _U32, _PARALLEL_VALUES
+    for i, a in enumerate(tensors):
+        dt = getattr(a, "dtype", None)
+        if dt is f32 and a.size < most:
+            kinds[DTYPE_F32].append(i)
+        elif dt is u32 and a.size < most:
+            kinds[DTYPE_U32].append(i)
+        else:
+            roots[i] = tensor_root(a)
+    for dtype, picked in enumerate(kinds):
+        if not picked:
+            continue
+        flat = [a if a.ndim == 1 else a.reshape(-1) for a in (tensors[i] for i in picked)]
+        counts = np.array([a.size for a in flat], dtype=np.int64)
+        words = np.concatenate(flat).view(np.uint32)  # a copy: NaNs are made canonical in it
+        raw = batch.tensor_roots(words, counts, dtype, _ZERO_ROWS)
+        for i, root in zip(picked, [raw[k : k + 32] for k in range(0, len(raw), 32)], strict=True):
+            roots[i] = root
     return roots
 
 
@@ -334,23 +402,29 @@ def verify_element(root: bytes, proof: ElementProof) -> bool:
 class IncrementalTree:
     """Append-only tree with O(log n) hashing per appended leaf (the frontier of full subtrees).
 
-    Its root at any size equals `tree_root` of the leaves appended so far.
-    """
+    Its root at any size equals `tree_root` of the leaves appended so far. `frontier[h]` (a
+    row of 32 bytes) is the full left subtree of height h for each set bit h of `count`; rows
+    of clear bits are stale. Rows rather than a list of digests, so that compiled hashing
+    (`BatchHasher`) can extend the tree in place."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.frontier: list[bytes | None] = []  # frontier[h]: a full left subtree of height h
+        self.frontier = np.zeros((64, 32), dtype=np.uint8)
+
+    def subtree(self, h: int) -> bytes:
+        """The full left subtree of height h (bit h of `count` must be set)."""
+        return self.frontier[h].tobytes()
+
+    def _set(self, h: int, node: bytes) -> None:
+        self.frontier[h] = np.frombuffer(node, dtype=np.uint8)
 
     def append(self, leaf: bytes) -> None:
         h, node, n = 0, leaf, self.count
         while n & 1:
-            node = node_hash(self.frontier[h], node)
-            self.frontier[h] = None
+            node = node_hash(self.subtree(h), node)
             n >>= 1
             h += 1
-        if h == len(self.frontier):
-            self.frontier.append(None)
-        self.frontier[h] = node
+        self._set(h, node)
         self.count += 1
 
     def extend(self, leaves: Sequence[bytes]) -> None:
@@ -361,11 +435,10 @@ class IncrementalTree:
         level, h = list(leaves), 0
         sha = hashlib.sha256
         while level:
-            if h == len(self.frontier):
-                self.frontier.append(None)
             if (start >> h) & 1:  # the pending left sibling of the first new node
-                level.insert(0, self.frontier[h])
-            self.frontier[h] = level.pop() if len(level) % 2 else None
+                level.insert(0, self.subtree(h))
+            if len(level) % 2:
+                self._set(h, level.pop())
             level = [
                 sha(TAG_NODE + a + b).digest()
                 for a, b in zip(level[0::2], level[1::2], strict=True)
@@ -379,12 +452,12 @@ class IncrementalTree:
             return EMPTY
         depth = depth_for(count)
         if extra is None and count == 1 << depth:
-            return self.frontier[depth]  # a full tree: one frontier subtree is all of it
+            return self.subtree(depth)  # a full tree: one frontier subtree is all of it
         node, n = (extra if extra is not None else EMPTY), self.count
         have_right = extra is not None
         for h in range(depth):
             if n & 1:
-                node = node_hash(self.frontier[h], node)
+                node = node_hash(self.subtree(h), node)
             else:
                 node = node_hash(node, ZERO[h]) if have_right else ZERO[h + 1]
             have_right = have_right or bool(n & 1)
@@ -411,10 +484,19 @@ class GrowingTensor:
         self.length += len(data) // 4
         data = self.tail + bytes(data)
         full = len(data) - len(data) % CHUNK_BYTES
-        for leaf in chunk_leaves(data[:full]):
-            self.tree.append(leaf)
+        if _batch is not None:
+            tree = self.tree
+            _batch.append_leaves(tree.frontier, tree.count, data, full // CHUNK_BYTES)
+            tree.count += full // CHUNK_BYTES
+        else:
+            for leaf in chunk_leaves(data[:full]):
+                self.tree.append(leaf)
         self.tail = data[full:]
 
     def root(self) -> bytes:
+        if _batch is not None:
+            tree = self.tree
+            return _batch.growing_root(tree.frontier, tree.count, self.tail, self.dtype,
+                                       self.length, _ZERO_ROWS)  # fmt: skip
         extra = chunk_leaves(self.tail)[0] if self.tail else None
         return bind_tensor(self.dtype, self.length, self.tree.root(extra))

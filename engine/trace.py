@@ -54,7 +54,13 @@ class Trace:
             raise CommitmentError(f"{len(roots)} roots for {self.nodes_per_position} nodes")
         position = len(self.roots)
         self.roots.append(list(roots))
-        self._tree.extend(record_leaves(position, roots))
+        batch = merkle.batch_hasher()
+        if batch is None or position >= 2**63:  # (the compiled loop takes signed 64-bit ints)
+            self._tree.extend(record_leaves(position, roots))
+        else:  # the same leaves and nodes, hashed in one compiled call
+            tree = self._tree
+            batch.append_records(tree.frontier, tree.count, position, roots, TAG_RECORD[0])
+            tree.count += len(roots)
 
     @property
     def num_records(self) -> int:

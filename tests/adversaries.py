@@ -220,9 +220,8 @@ class HistoryRewriter(Executor):
         outs: list[list[np.ndarray]],
         roots: list[list[bytes]],
         record: bool,
-        pending: list[tuple[int, int, np.ndarray]],
     ) -> None:
-        super()._store(node_id, rows, results, outs, roots, record, pending)
+        super()._store(node_id, rows, results, outs, roots, record)
         t0, n0, flat, bit = self.target
         if node_id != n0:
             return

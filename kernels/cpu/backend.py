@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from refute.engine import merkle
 from refute.engine.backend import FUNCTIONS, Backend, ReferenceBackend, Row, index_dims, strided
 from refute.engine.builder import row_major
 from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src
@@ -112,7 +113,7 @@ def kernels() -> Kernels:
     if _KERNELS is None:
         from numba.core import event
 
-        from refute.kernels.cpu import elementwise, reduce, tree_dot
+        from refute.kernels.cpu import elementwise, reduce, sha256, tree_dot
 
         class _FirstCompile(event.Listener):
             """Calls the waiting callbacks when numba starts compiling (not on a cache load)."""
@@ -134,8 +135,10 @@ def kernels() -> Kernels:
         }
         _KERNELS = Kernels(
             functions, reduce.tree_sum, tree_dot.matmul, tree_dot.pack,
-            (elementwise, reduce, tree_dot),
+            (elementwise, reduce, tree_dot, sha256),
         )  # fmt: skip
+        if not sha256.UNAVAILABLE:  # the step commitments in compiled loops too (same roots)
+            merkle.use_batch_hasher(sha256)
     return _KERNELS
 
 

@@ -1,0 +1,130 @@
+"""The compiled hashing of a step's commitments (refute.kernels.cpu.sha256, over OpenSSL) gives
+the roots of the definition: tensor roots, trace records and growing KV-cache roots, checked
+against docs/commitments.md recomputed with hashlib (tests/test_commit_batch.py) and against
+merkle.py's own hashlib path, for random sizes, NaN payloads, odd row lengths and positions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refute.engine import merkle
+from refute.engine.checkpoint import builtin_model
+from refute.engine.executor import Executor, Request, summary
+from refute.engine.trace import TAG_RECORD, Trace, record_leaf, record_leaves
+from refute.kernels.cpu import sha256
+from tests.test_commit_batch import SPECIAL_BITS, definition_root, tensors
+
+pytestmark = pytest.mark.skipif(bool(sha256.UNAVAILABLE), reason=sha256.UNAVAILABLE or "-")
+
+
+@contextmanager
+def hashing(hasher: merkle.BatchHasher | None) -> Iterator[None]:
+    before = merkle.batch_hasher()
+    merkle.use_batch_hasher(hasher)
+    try:
+        yield
+    finally:
+        merkle.use_batch_hasher(before)
+
+
+@given(st.lists(tensors(), min_size=1, max_size=10))
+def test_tensor_roots_are_the_definition(batch: list[np.ndarray]) -> None:
+    with hashing(sha256):
+        got = merkle.tensor_roots(batch)
+    assert got == [definition_root(t) for t in batch]
+
+
+def test_tensor_roots_leave_their_inputs_alone() -> None:
+    bits = np.array(SPECIAL_BITS * 300, dtype=np.uint32)  # NaN payloads across chunks
+    values = bits.view(np.float32)
+    with hashing(sha256):
+        got = merkle.tensor_roots([values, values[:5], values[:0]])
+    assert (values.view(np.uint32) == bits).all()
+    assert got == [
+        definition_root(values),
+        definition_root(values[:5]),
+        definition_root(values[:0]),
+    ]
+
+
+hashes = st.binary(min_size=32, max_size=32)
+
+
+@given(st.integers(0, 2**63 - 1), st.integers(0, 300), st.lists(hashes, max_size=70))
+def test_record_leaves_enter_the_tree_as_on_the_hashlib_path(
+    position: int, before: int, roots: list[bytes]
+) -> None:
+    """One position's records appended to a tree of any size at any position: the same root
+    and the same full subtrees as `IncrementalTree.extend(record_leaves(...))`."""
+    plain, fast = merkle.IncrementalTree(), merkle.IncrementalTree()
+    earlier = [bytes([k % 256, k // 256]) * 16 for k in range(before)]
+    plain.extend(earlier)
+    fast.extend(earlier)
+    plain.extend(record_leaves(position, roots))
+    sha256.append_records(fast.frontier, fast.count, position, roots, TAG_RECORD[0])
+    fast.count += len(roots)
+    held = [h for h in range(plain.count.bit_length()) if plain.count >> h & 1]
+    assert [fast.subtree(h) for h in held] == [plain.subtree(h) for h in held]
+    assert fast.root() == plain.root() == merkle.tree_root(earlier + record_leaves(position, roots))
+
+
+@given(st.lists(st.lists(hashes, min_size=5, max_size=5), max_size=8))
+def test_a_trace_grows_to_the_same_root(positions: list[list[bytes]]) -> None:
+    plain, fast = Trace(5), Trace(5)
+    leaves = []
+    for position, roots in enumerate(positions):
+        with hashing(None):
+            plain.add_position(roots)
+        with hashing(sha256):
+            fast.add_position(roots)
+        leaves += [record_leaf(position, n, r) for n, r in enumerate(roots)]
+        assert fast.root() == plain.root() == merkle.list_root(leaves)
+
+
+@given(
+    st.lists(st.integers(0, 700), min_size=1, max_size=12),
+    st.integers(0, 2**32 - 1),
+)
+def test_growing_tensor_roots_match(rows: list[int], seed: int) -> None:
+    """A cache grown by rows of any length (NaNs included) has, after every row, the root of
+    the whole tensor, on both paths."""
+    rng = np.random.default_rng(seed)
+    plain, fast = merkle.GrowingTensor(), merkle.GrowingTensor()
+    grown = np.zeros(0, dtype=np.float32)
+    for n in rows:
+        bits = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+        if n:
+            bits[rng.integers(0, n, max(1, n // 4))] = rng.choice(SPECIAL_BITS, max(1, n // 4))
+        row = bits.view(np.float32)
+        grown = np.concatenate([grown, row])
+        with hashing(None):
+            plain.extend(row)
+            want = plain.root()
+        with hashing(sha256):
+            fast.extend(row)
+            got = fast.root()
+        assert got == want == definition_root(grown)
+
+
+def test_a_generation_has_the_same_roots_either_way() -> None:
+    model = builtin_model("tiny-llama")
+    requests = [Request((3, 1, 4, 1, 5), 6), Request((2, 7), 4, temperature=0.8, seed=9)]
+    done = {}
+    for hasher in (None, sha256):
+        with hashing(hasher):
+            gens = Executor(model).generate(requests)
+        done[hasher] = [summary(g, model) for g in gens]
+    assert done[None] == done[sha256]
+
+
+def test_a_missing_library_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sha256, "_libcrypto", lambda: "/nonexistent/libcrypto.so.3")
+    assert "/nonexistent/libcrypto.so.3" in sha256._find()
+    monkeypatch.setattr(sha256, "_libcrypto", lambda: None)
+    assert sha256._find() == "no libcrypto found"
