@@ -8,7 +8,9 @@
 2. Decode: tokens/s of `Executor` with `CPUBackend` (trace recorded: what a watcher runs) against
    `transformers.LlamaForCausalLM` fp32 eager attention with the same weights, and the reference
    backend, on a ~134M-parameter random Llama (hidden 768, 12 layers, 12 heads, SwiGLU 2048,
-   vocab 32000, untied head).
+   vocab 32000, untied head). Where `llama_cpp` (llama-cpp-python) and `gguf` are installed,
+   llama.cpp runs the same weights too, from GGUF files written here (f32 and bf16 matrices,
+   KV cache in f32), as a second peer.
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, if set, can pin OpenBLAS to a slower kernel: unset them in
 the command for a fair baseline (the BLAS kernel that ran is printed, from threadpoolctl). The
@@ -135,6 +137,100 @@ def _torch_decode(model, prompt: list[int], new: int, threads: int) -> tuple[lis
     return tokens, steps
 
 
+def _llama_cpp_available() -> str:
+    """Why llama.cpp cannot be a peer here ("" when it can)."""
+    import importlib.util
+
+    missing = [m for m in ("llama_cpp", "gguf") if importlib.util.find_spec(m) is None]
+    if missing:
+        return (
+            f"{' and '.join(missing)} not installed (pip install llama-cpp-python gguf: "
+            "llama-cpp-python builds llama.cpp from source)"
+        )
+    return ""
+
+
+def _rope_pairs(w: np.ndarray, heads: int) -> np.ndarray:
+    """Rows of a q or k projection reordered from transformers' rotate-half layout (each head's
+    first half of dimensions pairs with its second half) to llama.cpp's adjacent pairs."""
+    rows, cols = w.shape
+    half = rows // heads // 2
+    return w.reshape(heads, 2, half, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
+
+
+def _write_gguf(weights16: dict[str, np.ndarray], path: str, bf16: bool) -> None:
+    """The torch Llama's weights (bf16 values) as a llama.cpp GGUF: matrices bf16 or f32, norm
+    gains f32 (exact either way), q/k rows in llama.cpp's rope order, a placeholder vocabulary
+    (token ids are fed directly)."""
+    import gguf
+
+    from refute.engine.weights import widen
+
+    c = LLAMA
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_context_length(c["max_positions"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_block_count(c["num_layers"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_head_count(c["num_heads"])
+    w.add_head_count_kv(c["num_kv_heads"])
+    w.add_rope_dimension_count(c["head_dim"])
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(c["vocab_size"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if bf16 else gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    special = ["<unk>", "<s>", "</s>"]
+    w.add_token_list(special + [f"t{i}" for i in range(len(special), c["vocab_size"])])
+    w.add_token_scores([0.0] * c["vocab_size"])
+    w.add_token_types([2, 3, 3] + [1] * (c["vocab_size"] - len(special)))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    names = {"model.embed_tokens.weight": "token_embd.weight",
+             "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}  # fmt: skip
+    per_layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
+                 "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                 "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                 "mlp.down_proj": "ffn_down"}  # fmt: skip
+    for layer in range(c["num_layers"]):
+        for hf, ours in per_layer.items():
+            names[f"model.layers.{layer}.{hf}.weight"] = f"blk.{layer}.{ours}.weight"
+    for hf, ours in names.items():
+        value = weights16[hf]
+        if hf.endswith("q_proj.weight"):
+            value = _rope_pairs(value, c["num_heads"])
+        elif hf.endswith("k_proj.weight"):
+            value = _rope_pairs(value, c["num_kv_heads"])
+        if bf16 and value.ndim == 2:
+            raw = np.ascontiguousarray(value).view(np.uint16).view(np.uint8)
+            w.add_tensor(ours, raw, raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            w.add_tensor(ours, np.ascontiguousarray(widen(value)))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _llama_cpp_decode(llm, prompt: list[int], new: int) -> tuple[list[int], list]:
+    def greedy() -> int:  # the last token's logits, in llama.cpp's own buffer
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+        return int(np.argmax(logits))
+
+    llm.reset()
+    llm.eval(prompt)
+    tokens = [greedy()]
+    steps = []
+    for _ in range(new - 1):
+        t = time.perf_counter()
+        llm.eval([tokens[-1]])
+        tokens.append(greedy())
+        steps.append(time.perf_counter() - t)
+    return tokens, steps
+
+
 def _refute_decode(executor, prompt: list[int], new: int) -> tuple[list[int], list]:
     from refute.engine.executor import Request
 
@@ -173,6 +269,14 @@ def decode(threads: list[int], new: int, ref_new: int, repeats: int) -> list[tup
     model = models["fp32"]
     prompt = [1, 17, 423, 9, 31000, 5, 77, 2048]
     rows = []
+    ggufs: dict[str, str] = {}
+    if not _llama_cpp_available():  # the same weights for llama.cpp, written once
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="refute-gguf-")
+        for width in ("f32", "bf16"):
+            ggufs[width] = os.path.join(folder, f"llama-134m-{width}.gguf")
+            _write_gguf(weights16, ggufs[width], bf16=width == "bf16")
     for th in threads:
         numba.set_num_threads(th)
         cpus = {w: Executor(m, backend=CPUBackend()) for w, m in models.items()}
@@ -184,6 +288,13 @@ def decode(threads: list[int], new: int, ref_new: int, repeats: int) -> list[tup
             "refute CPUBackend fp32": lambda c=cpus: _refute_decode(c["fp32"], prompt, new),
             "refute CPUBackend bf16": lambda c=cpus: _refute_decode(c["bf16"], prompt, new),
         }
+        for width, path in ggufs.items():
+            from llama_cpp import Llama
+
+            # KV cache in f32 (llama.cpp's default is f16), one thread count for both phases
+            llm = Llama(model_path=path, n_ctx=64, n_batch=64, n_threads=th, n_threads_batch=th,
+                        type_k=0, type_v=0, verbose=False)  # fmt: skip
+            cands[f"llama.cpp {width}"] = lambda m=llm: _llama_cpp_decode(m, prompt, new)
         best: dict[str, tuple] = {}
         for _ in range(repeats):  # alternate, keep each one's best run
             for name, run in cands.items():
@@ -250,10 +361,10 @@ def main() -> None:
                 gb = n * k * 2 / t16.min() / 1e9
                 line += f"   bf16 {_ms(t16)} paired {r16:.2f} ({gb:.1f} GB/s of bf16)"
                 bf16_ok &= r16 >= BF16_TARGET
-                kernel_points.append((f"GEMV bf16\n{n}x{k}\n{threads}t", r16))
+                kernel_points.append((f"GEMV bf16 {n}x{k} {threads}t", r16))
             print(line)
             kernel_points.append(
-                (f"{'GEMV' if m == 1 else f'GEMM M={m}'}\n{n}x{k}\n{threads}t", r_pair)
+                (f"{'GEMV' if m == 1 else f'GEMM M={m}'} {n}x{k} {threads}t", r_pair)
             )
             if m == 1:
                 gemv_ok &= r_pair >= GEMV_TARGET
@@ -270,6 +381,7 @@ def main() -> None:
 
     rows, params = decode(args.threads, args.new, args.ref_new, args.repeats)
     print(f"\n## Decode, {params / 1e6:.1f}M-parameter random Llama, greedy, one sequence")
+    print(f"llama.cpp: {_llama_cpp_available() or 'on the same weights (GGUF f32 and bf16)'}")
     print("threads  engine               ms/token min / median   tok/s (median)")
     torch_tps: dict[int, float] = {}
     torch_tokens: dict[int, list[int]] = {}
@@ -282,7 +394,7 @@ def main() -> None:
         steps = np.array(steps)
         tps = 1.0 / np.median(steps)
         line = f"{th:7d}  {name:20s} {_ms(steps)}   {tps:8.2f}"
-        decode_points.append((f"{name.replace('refute ', '')}\n{th}t", tps))
+        decode_points.append((f"{name.replace('refute ', '')} {th}t", tps))
         if name == "torch eager fp32":
             torch_tps[th], torch_tokens[th] = tps, extra
         elif th in torch_tps:
@@ -314,7 +426,7 @@ def plot(
     import matplotlib.pyplot as plt
 
     panels = 2 if decode_points else 1
-    fig, axes = plt.subplots(1, panels, figsize=(10 * panels, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(10 * panels, 6.5), squeeze=False)
     ax = axes[0][0]
     labels, ratios = zip(*kernel_points, strict=True) if kernel_points else ((), ())
     ax.bar(
@@ -322,17 +434,17 @@ def plot(
     )
     ax.axhline(GEMV_TARGET, color="#c0392b", linestyle="--", label=f"GEMV target {GEMV_TARGET}x")
     ax.axhline(1.0, color="#555555", linewidth=0.8)
-    ax.set_xticks(range(len(labels)), labels, fontsize=6)
+    ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=90)
     ax.set_ylabel("BLAS time / canonical time")
     ax.set_title("Canonical tree dot (numba) vs OpenBLAS, 7B decode shapes")
     ax.legend(fontsize=8)
     if decode_points:
         ax = axes[0][1]
         labels, tps = zip(*decode_points, strict=True)
-        ax.bar(
-            range(len(tps)), tps, color=["#7f8c8d" if "torch" in x else "#27ae60" for x in labels]
-        )
-        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        peers = {"torch": "#7f8c8d", "llama.cpp": "#e67e22"}  # refute's bars green
+        colors = [next((c for p, c in peers.items() if p in x), "#27ae60") for x in labels]
+        ax.bar(range(len(tps)), tps, color=colors)
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=60, ha="right")
         ax.set_ylabel("decode tokens/s (median)")
         ax.set_title("Decode, random Llama, one sequence")
     fig.suptitle(
