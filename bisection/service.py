@@ -86,6 +86,8 @@ class Service:
         for k, client in enumerate(self.clients):
             try:
                 made = client.poll()
+                if self._unreachable_logged:  # it answered: say so before what it did
+                    self._recovered()
                 busy |= self._report(k, client, made)
                 withdrawn = client.collect()
             except StoreError:

@@ -9,8 +9,8 @@ and the trace tree's new nodes — are hashed in compiled loops that call libcry
 CPU has it), and the digests stay in arrays until the step is done.
 
 The bytes hashed are the definition's; `engine/merkle.py` is the definition and the fallback
-(tests/test_sha256_batch.py checks these loops against it). `load()` says why not, where the
-library or its symbols are missing.
+(tests/test_sha256_batch.py checks these loops against it). `UNAVAILABLE` says why these
+cannot run where the library or its symbols are missing; the CPU backend then keeps hashlib.
 """
 
 from __future__ import annotations
