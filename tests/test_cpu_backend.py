@@ -23,7 +23,7 @@ from refute.engine.models import LlamaConfig
 from refute.kernels import reference as ref
 from refute.kernels import vectors
 from refute.kernels.cpu import CPUBackend, dot_plan, elementwise, matmul, pack, tree_dot
-from refute.kernels.cpu.reduce import tree_sum
+from refute.kernels.cpu.reduce import tree_max, tree_sum
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
 
@@ -160,6 +160,23 @@ def test_tree_sum_equals_reference(rows: int, k: int, special: float) -> None:
     x = _values(np.random.default_rng(rows * 1000 + k), (rows, k), special)
     want = ref.tree_sum(x, axis=-1)
     assert np.array_equal(ref.to_bits(tree_sum(x)), ref.to_bits(want))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(0, 4),
+    k=st.integers(0, 70),
+    special=st.sampled_from([0.0, 0.3, 1.0]),
+    signed_zeros=st.booleans(),
+)
+def test_tree_max_equals_reference(rows: int, k: int, special: float, signed_zeros: bool) -> None:
+    """Softmax's max: NaN anywhere, -0 against +0 in any order, rows of -inf, empty rows."""
+    rng = np.random.default_rng(rows * 1000 + k + 7)
+    x = _values(rng, (rows, k), special)
+    if signed_zeros:  # the ties the spec settles: only zeros and -inf
+        x = rng.choice(np.array([0.0, -0.0, -np.inf], np.float32), (rows, k))
+    want = ref.tree_max(x, axis=-1)
+    assert np.array_equal(ref.to_bits(tree_max(x)), ref.to_bits(want))
 
 
 # --- the backend --------------------------------------------------------------------------------

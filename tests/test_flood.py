@@ -81,7 +81,7 @@ def test_flood_during_a_dispute(w3: Web3, model: Model, tmp_path: Path) -> None:
     game = GameClient.deploy(w3=w3, params=params, sender=acc[0])
     game.register(model, sender=acc[0])
     flood, one = longest(model)
-    n = max(4, min(20, math.ceil(2 * CLOCK / one) + 1))  # two clocks of re-execution, at least
+    n = max(4, min(48, math.ceil(2 * CLOCK / one) + 1))  # two clocks of re-execution, at least
     node = model.program.node_index("layers.1.mlp.down")
     cheat = Executor(model, tamper=flip_bit((2, node, 3)))
     prover = Prover(game, model, tmp_path / "p", acc[1], executor=cheat, consistent_lies=True)

@@ -97,7 +97,7 @@ class Kernels:
     """The numba kernels, imported on first use (importing numba alone takes ~0.2 s)."""
 
     functions: dict[Fn, Callable[..., np.ndarray]]  # spec functions, numba where it has one
-    tree_sum: Callable[[np.ndarray], np.ndarray]
+    trees: dict[Reducer, Callable[[np.ndarray], np.ndarray]]  # the numba SUM and MAX trees
     matmul: Callable[..., np.ndarray]
     pack: Callable[..., PackedWeight]
     modules: tuple[ModuleType, ...]  # whose numba dispatchers these are
@@ -134,7 +134,8 @@ def kernels() -> Kernels:
             Fn.SILU: elementwise.silu,
         }
         _KERNELS = Kernels(
-            functions, reduce.tree_sum, tree_dot.matmul, tree_dot.pack,
+            functions, {Reducer.SUM: reduce.tree_sum, Reducer.MAX: reduce.tree_max},
+            tree_dot.matmul, tree_dot.pack,
             (elementwise, reduce, tree_dot, sha256),
         )  # fmt: skip
         if not sha256.UNAVAILABLE:  # the step commitments in compiled loops too (same roots)
@@ -231,8 +232,8 @@ class CPUBackend:
         if plan is None or not rows:
             if node.op == Op.MAP:
                 return [self._map_row(program, node, row, k.functions) for row in rows]
-            if node.op == Op.REDUCE and node.reducer == Reducer.SUM and len(rows) == 1:
-                return [self._sum_row(program, node, rows[0], k.tree_sum)]
+            if node.op == Op.REDUCE and len(rows) == 1 and node.reducer in k.trees:
+                return [self._reduce_row(program, node, rows[0], k.trees[node.reducer])]
             return self.fallback.evaluate(program, node, rows)
         weight = self.packed(rows[0].sources[1 - plan.x_operand], plan)
         lo, hi = plan.x_offset, plan.x_offset + plan.k
@@ -269,17 +270,18 @@ class CPUBackend:
             out = np.array(np.broadcast_to(out, (size,)), dtype=np.float32)
         return out
 
-    def _sum_row(
-        self, program: Program, node: Node, row: Row, tree_sum: Callable[[np.ndarray], np.ndarray]
+    def _reduce_row(
+        self, program: Program, node: Node, row: Row, tree: Callable[[np.ndarray], np.ndarray]
     ) -> np.ndarray:
-        """REDUCE(SUM): the reference's terms (strided views, its function), the numba tree."""
+        """REDUCE(SUM or MAX): the reference's terms (strided views, its function), the numba
+        tree."""
         dims = index_dims(program, node, row.position)
         views = [
             strided(src, op, dims, row.position, row.token)
             for src, op in zip(row.sources, node.operands, strict=True)
         ]
         terms = np.asarray(FUNCTIONS[node.fn](*views), dtype=np.float32)
-        return tree_sum(np.broadcast_to(terms, dims)).reshape(-1)
+        return tree(np.broadcast_to(terms, dims)).reshape(-1)
 
     def packed(self, source: np.ndarray, plan: DotPlan) -> PackedWeight:
         """The weight's panels, packed on first use and kept (weights are immutable); a bf16

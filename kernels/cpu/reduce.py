@@ -1,5 +1,6 @@
-"""`tree_sum` over the last axis in numba: the spec tree (docs/spec.md §5) without numpy's
-per-level call overhead, which dominates for the short rows of norms and attention."""
+"""`tree_sum` and `tree_max` over the last axis in numba: the spec trees (docs/spec.md §5)
+without numpy's per-level call overhead, which dominates for the short rows of norms and
+attention (softmax takes a max, then a sum)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,45 @@ def tree_sum(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     lead = x.shape[:-1]
     k = x.shape[-1]
+    if k == 1:  # a tree of one leaf is the leaf: no operation, so a NaN keeps its payload
+        return x[..., 0].copy()
     out = np.zeros(int(np.prod(lead)), dtype=np.float32)
     if out.size and k:
         _tree_rows(np.ascontiguousarray(x.reshape(out.size, k)), out)
+        nan = np.isnan(out)
+        if nan.any():
+            out[nan] = ref.NAN
+    return out.reshape(lead)
+
+
+@njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
+def _max_rows(terms, out):  # pragma: no cover - compiled
+    """out[r] = spec tree max of terms[r, :]. The spec's `maximum` (NaN if either is NaN; of
+    -0 and +0, +0; otherwise the larger) is associative and commutative, so its tree over any
+    padding with -inf equals one pass: NaN if any NaN, else the largest value, +0 over -0."""
+    rows, k = terms.shape
+    for r in range(rows):
+        best = np.float32(-np.inf)
+        nan = False
+        for i in range(k):
+            v = terms[r, i]
+            if v != v:
+                nan = True
+            elif v > best or (v == best and v == 0.0 and np.signbit(best)):
+                best = v
+        out[r] = np.float32(np.nan) if nan else best
+
+
+def tree_max(x: np.ndarray) -> np.ndarray:
+    """`reference.tree_max(x, axis=-1)`, bit for bit (empty rows give -inf)."""
+    x = np.asarray(x, dtype=np.float32)
+    lead = x.shape[:-1]
+    k = x.shape[-1]
+    if k == 1:  # as in tree_sum: the leaf itself
+        return x[..., 0].copy()
+    out = np.full(int(np.prod(lead)), -np.inf, dtype=np.float32)
+    if out.size and k:
+        _max_rows(np.ascontiguousarray(x.reshape(out.size, k)), out)
         nan = np.isnan(out)
         if nan.any():
             out[nan] = ref.NAN
