@@ -22,7 +22,7 @@ from refute.engine.ir import Op
 from refute.engine.models import LlamaConfig
 from refute.kernels import reference as ref
 from refute.kernels import vectors
-from refute.kernels.cpu import CPUBackend, dot_plan, elementwise, matmul, pack, tree_dot
+from refute.kernels.cpu import CPUBackend, dot_plan, elementwise, matmul, pack, split, tree_dot
 from refute.kernels.cpu.reduce import tree_max, tree_sum
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
@@ -244,3 +244,42 @@ def test_larger_llama_equals_the_reference() -> None:
     for parallel in (False, True):
         assert _roots(model, batch, CPUBackend(parallel=parallel)) == want
         assert _roots(model, batch, CPUBackend(parallel=parallel), prefill=False) == want
+
+
+# --- serial or threaded (kernels/cpu/split.py) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("threads_faster", [True, False])
+def test_split_keeps_the_faster_way_and_measures_again(threads_faster: bool) -> None:
+    chooser, key, work = split.SplitChooser(), ("k", "n"), split.MIN_WORK * 4
+    ways = []
+    for _ in range(2 * split.TRIALS):
+        parallel = chooser.choose(key, work, threads=2)
+        ways.append(parallel)
+        fast = parallel == threads_faster
+        chooser.record(key, parallel, 1.0 if fast else 2.0)
+    assert ways == [False] * split.TRIALS + [True] * split.TRIALS  # each way timed
+    kept = [chooser.choose(key, work, threads=2) for _ in range(split.RECHECK - len(ways))]
+    assert kept == [threads_faster] * len(kept)
+    assert chooser.choose(key, work, threads=2) is False  # RECHECK calls on: timed again
+
+
+def test_split_never_threads_what_cannot_gain() -> None:
+    chooser = split.SplitChooser()
+    assert not chooser.choose("a", split.MIN_WORK * 4, threads=1)  # one thread
+    assert not chooser.choose("b", split.MIN_WORK - 1, threads=2)  # a tiny product
+    assert chooser.choose("c", split.ALWAYS_WORK, threads=2)  # a large one, always
+
+
+def test_backend_bits_do_not_depend_on_the_split() -> None:
+    """Dots between MIN_WORK and ALWAYS_WORK (timed serially, then threaded, then run the
+    faster way as the generation goes on), all threaded, all serial: the reference's roots."""
+    config = LlamaConfig(vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
+                         num_heads=4, num_kv_heads=2, head_dim=64, max_positions=32)  # fmt: skip
+    model = build("split-llama", config, random_weights(config, 3))
+    assert split.MIN_WORK <= 256 * 256 and 256 * 512 < split.ALWAYS_WORK
+    request = Request((3, 1, 4, 1, 5), 8)
+    (want,) = Executor(model).generate([request])
+    for parallel in (None, True, False):
+        (got,) = Executor(model, backend=CPUBackend(parallel=parallel)).generate([request])
+        assert got.trace.root() == want.trace.root() and got.tokens == want.tokens

@@ -37,6 +37,7 @@ from refute.engine.backend import FUNCTIONS, Backend, ReferenceBackend, Row, ind
 from refute.engine.builder import row_major
 from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src
 from refute.engine.weights import widen
+from refute.kernels.cpu.split import SplitChooser
 
 if TYPE_CHECKING:
     from refute.kernels.cpu.pack_cache import PackCache
@@ -101,6 +102,7 @@ class Kernels:
     matmul: Callable[..., np.ndarray]
     pack: Callable[..., PackedWeight]
     modules: tuple[ModuleType, ...]  # whose numba dispatchers these are
+    threads: Callable[[], int]  # numba's thread count now (numba.get_num_threads)
 
 
 _KERNELS: Kernels | None = None
@@ -111,6 +113,7 @@ def kernels() -> Kernels:
     """Import the numba kernels (once per process) and watch for compilations."""
     global _KERNELS
     if _KERNELS is None:
+        import numba
         from numba.core import event
 
         from refute.kernels.cpu import elementwise, reduce, sha256, tree_dot
@@ -136,7 +139,7 @@ def kernels() -> Kernels:
         _KERNELS = Kernels(
             functions, {Reducer.SUM: reduce.tree_sum, Reducer.MAX: reduce.tree_max},
             tree_dot.matmul, tree_dot.pack,
-            (elementwise, reduce, tree_dot, sha256),
+            (elementwise, reduce, tree_dot, sha256), numba.get_num_threads,
         )  # fmt: skip
         if not sha256.UNAVAILABLE:  # the step commitments in compiled loops too (same roots)
             merkle.use_batch_hasher(sha256)
@@ -167,8 +170,9 @@ def compile_stats() -> dict[str, tuple[int, int]]:
 class CPUBackend:
     """Fused canonical GEMV/GEMM for linear layers; `fallback` (the reference) for the rest.
 
-    `parallel`: run the kernels on numba's threads (True), serially (False), or by size (None;
-    see `tree_dot.PARALLEL_MIN_WORK`). `load_after_s`: None loads the numba kernels on first
+    `parallel`: run the kernels on numba's threads (True), serially (False), or (None) small
+    products serially, large ones threaded and those between whichever way they ran faster
+    here (`split.SplitChooser`). `load_after_s`: None loads the numba kernels on first
     use; a number runs every node on numpy (the reference's functions, the light paths) until
     that many seconds of evaluation have passed, then loads them — what the default backend does
     (`LOAD_COST_S`), so that a short run does not pay more for loading than it can gain. The bits
@@ -193,6 +197,7 @@ class CPUBackend:
         self.numpy_s = 0.0  # evaluation time spent before the kernels were loaded
         self._kernels: Kernels | None = None
         self._plans: dict[Node, DotPlan | None] = {}
+        self._split = SplitChooser()  # parallel=None: serial or threaded, by measured time
         # (id(source), offset, transposed, k, n) -> (source kept alive, its packed panels)
         self._packed: dict[tuple[int, int, bool, int, int], tuple[np.ndarray, PackedWeight]] = {}
 
@@ -241,7 +246,15 @@ class CPUBackend:
             x = rows[0].sources[plan.x_operand][lo:hi][None, :]
         else:
             x = np.stack([row.sources[plan.x_operand][lo:hi] for row in rows])
-        return list(k.matmul(x, weight, parallel=self.parallel))
+        if self.parallel is not None:
+            return list(k.matmul(x, weight, parallel=self.parallel))
+        key = (plan.k, plan.n, x.shape[0], weight.panels.dtype.char)
+        work = x.shape[0] * weight.panels.shape[1] * plan.n
+        parallel = self._split.choose(key, work, k.threads())
+        start = time.perf_counter()
+        out = k.matmul(x, weight, parallel=parallel)
+        self._split.record(key, parallel, time.perf_counter() - start)
+        return list(out)
 
     @staticmethod
     def _operand(
