@@ -33,20 +33,27 @@ def _tree_rows(terms, out):  # pragma: no cover - compiled
         out[r] = buf[0]
 
 
-def tree_sum(x: np.ndarray) -> np.ndarray:
-    """`reference.tree_sum(x, axis=-1)`, bit for bit (empty rows sum to +0)."""
+def _by_rows(x: np.ndarray, empty: float, kernel) -> np.ndarray:
+    """A reduction over the last axis: `kernel(rows, out)` on the rows, canonical NaNs; rows of
+    no element give `empty`, rows of one element are that element (a tree of one leaf performs
+    no operation, so even a NaN keeps its payload, as in the reference)."""
     x = np.asarray(x, dtype=np.float32)
     lead = x.shape[:-1]
     k = x.shape[-1]
-    if k == 1:  # a tree of one leaf is the leaf: no operation, so a NaN keeps its payload
+    if k == 1:
         return x[..., 0].copy()
-    out = np.zeros(int(np.prod(lead)), dtype=np.float32)
+    out = np.full(int(np.prod(lead)), empty, dtype=np.float32)
     if out.size and k:
-        _tree_rows(np.ascontiguousarray(x.reshape(out.size, k)), out)
+        kernel(np.ascontiguousarray(x.reshape(out.size, k)), out)
         nan = np.isnan(out)
         if nan.any():
             out[nan] = ref.NAN
     return out.reshape(lead)
+
+
+def tree_sum(x: np.ndarray) -> np.ndarray:
+    """`reference.tree_sum(x, axis=-1)`, bit for bit (empty rows sum to +0)."""
+    return _by_rows(x, 0.0, _tree_rows)
 
 
 @njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
@@ -69,15 +76,4 @@ def _max_rows(terms, out):  # pragma: no cover - compiled
 
 def tree_max(x: np.ndarray) -> np.ndarray:
     """`reference.tree_max(x, axis=-1)`, bit for bit (empty rows give -inf)."""
-    x = np.asarray(x, dtype=np.float32)
-    lead = x.shape[:-1]
-    k = x.shape[-1]
-    if k == 1:  # as in tree_sum: the leaf itself
-        return x[..., 0].copy()
-    out = np.full(int(np.prod(lead)), -np.inf, dtype=np.float32)
-    if out.size and k:
-        _max_rows(np.ascontiguousarray(x.reshape(out.size, k)), out)
-        nan = np.isnan(out)
-        if nan.any():
-            out[nan] = ref.NAN
-    return out.reshape(lead)
+    return _by_rows(x, -np.inf, _max_rows)

@@ -77,6 +77,40 @@ def _digest(ctx, msg, size, dst):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _leaf(ctx, msg, pad, src, size, dst):  # pragma: no cover - compiled
+    """dst = H(0x00 || the `size` bytes at src || zeros up to a 1 KiB chunk)."""
+    msg[0] = 0
+    _init(ctx)
+    _update(ctx, msg.ctypes.data, 1)
+    _update(ctx, src, size)
+    if size < 1024:
+        _update(ctx, pad.ctypes.data, 1024 - size)
+    _final(dst, ctx)
+
+
+@njit(cache=True, nogil=True)
+def _node(ctx, msg, left, right, dst):  # pragma: no cover - compiled
+    """dst = H(0x01 || left || right); the children are copied first, so dst may be either."""
+    msg[0] = 1
+    for b in range(32):
+        msg[1 + b] = left[b]
+        msg[33 + b] = right[b]
+    _digest(ctx, msg.ctypes.data, 65, dst)
+
+
+@njit(cache=True, nogil=True)
+def _bind(ctx, msg, dtype, count, tree, dst):  # pragma: no cover - compiled
+    """dst = H(0x02 || dtype || element count (8 bytes, big-endian) || tree)."""
+    msg[0] = 2
+    msg[1] = dtype
+    for b in range(8):
+        msg[9 - b] = (count >> (8 * b)) & 0xFF
+    for b in range(32):
+        msg[10 + b] = tree[b]
+    _digest(ctx, msg.ctypes.data, 42, dst)
+
+
+@njit(cache=True, nogil=True)
 def _tensor_roots(words, counts, dtype, zero, out):  # pragma: no cover - compiled
     """out[j] = tensor root of the j-th tensor of `dtype` (0 float32, 1 uint32), its counts[j]
     words laid in `words` right after the previous one's. Float32 NaNs are made canonical in
@@ -88,8 +122,8 @@ def _tensor_roots(words, counts, dtype, zero, out):  # pragma: no cover - compil
     state = np.empty(_CTX_BYTES, np.uint8)
     msg = np.zeros(80, np.uint8)
     pad = np.zeros(1024, np.uint8)
-    ctx, m = state.ctypes.data, msg.ctypes.data
-    base = words.ctypes.data
+    empty = np.zeros(32, np.uint8)
+    ctx, base = state.ctypes.data, words.ctypes.data
     biggest = 1
     for j in range(counts.size):
         biggest = max(biggest, (counts[j] + 255) // 256)
@@ -99,48 +133,26 @@ def _tensor_roots(words, counts, dtype, zero, out):  # pragma: no cover - compil
     for j in range(counts.size):
         size = 4 * counts[j]
         n = (size + 1023) // 1024
-        for c in range(n):  # leaves: 0x00 || chunk, the last one zero-padded to 1 KiB
-            part = min(1024, size - 1024 * c)
-            msg[0] = 0
-            _init(ctx)
-            _update(ctx, m, 1)
-            _update(ctx, base + first + 1024 * c, part)
-            if part < 1024:
-                _update(ctx, pad.ctypes.data, 1024 - part)
-            _final(lv + 32 * c, ctx)
+        for c in range(n):  # the last chunk zero-padded to 1 KiB
+            _leaf(ctx, msg, pad, base + first + 1024 * c, min(1024, size - 1024 * c), lv + 32 * c)
         first += size
         h = 0
         while n > 1:  # a level at a time, in place: node i is written after 2i and 2i+1 are read
-            msg[0] = 1
             half = (n + 1) // 2
             for i in range(half):
-                for b in range(32):
-                    msg[1 + b] = level[2 * i, b]
-                    msg[33 + b] = level[2 * i + 1, b] if 2 * i + 1 < n else zero[h, b]
-                _digest(ctx, m, 65, lv + 32 * i)
+                right = level[2 * i + 1] if 2 * i + 1 < n else zero[h]
+                _node(ctx, msg, level[2 * i], right, lv + 32 * i)
             n = half
             h += 1
-        msg[0] = 2  # bind: 0x02 || dtype || element count (8 bytes, big-endian) || tree
-        msg[1] = dtype
-        count = counts[j]
-        for b in range(8):
-            msg[9 - b] = (count >> (8 * b)) & 0xFF
-        for b in range(32):
-            msg[10 + b] = level[0, b] if size else 0
-        _digest(ctx, m, 42, out.ctypes.data + 32 * j)
+        _bind(ctx, msg, dtype, counts[j], level[0] if size else empty, out.ctypes.data + 32 * j)
 
 
 @njit(cache=True, nogil=True)
 def _climb(ctx, msg, node, count, frontier):  # pragma: no cover - compiled
     """Append leaf `node` to the tree of `count` leaves: merge while it completes a subtree."""
-    m, nd = msg.ctypes.data, node.ctypes.data
     k, h = count, 0
-    msg[0] = 1
     while k & 1:
-        for b in range(32):
-            msg[1 + b] = frontier[h, b]
-            msg[33 + b] = node[b]
-        _digest(ctx, m, 65, nd)
+        _node(ctx, msg, frontier[h], node, node.ctypes.data)
         k >>= 1
         h += 1
     for b in range(32):
@@ -171,15 +183,11 @@ def _append_leaves(data, chunks, count, frontier):  # pragma: no cover - compile
     """Append the leaves H(0x00 || chunk) of the first `chunks` 1 KiB chunks of `data`."""
     state = np.empty(_CTX_BYTES, np.uint8)
     msg = np.zeros(80, np.uint8)
+    pad = np.zeros(1024, np.uint8)
     node = np.empty(32, np.uint8)
-    ctx, m, nd = state.ctypes.data, msg.ctypes.data, node.ctypes.data
-    base = data.ctypes.data
+    ctx, base = state.ctypes.data, data.ctypes.data
     for c in range(chunks):
-        msg[0] = 0
-        _init(ctx)
-        _update(ctx, m, 1)
-        _update(ctx, base + 1024 * c, 1024)
-        _final(nd, ctx)
+        _leaf(ctx, msg, pad, base + 1024 * c, 1024, node.ctypes.data)
         _climb(ctx, msg, node, count + c, frontier)
 
 
@@ -191,15 +199,10 @@ def _growing_root(frontier, count, tail, dtype, length, zero, out):  # pragma: n
     msg = np.zeros(80, np.uint8)
     pad = np.zeros(1024, np.uint8)
     node = np.zeros(32, np.uint8)
-    ctx, m, nd = state.ctypes.data, msg.ctypes.data, node.ctypes.data
+    ctx, nd = state.ctypes.data, node.ctypes.data
     extra = tail.size > 0
     if extra:
-        msg[0] = 0
-        _init(ctx)
-        _update(ctx, m, 1)
-        _update(ctx, tail.ctypes.data, tail.size)
-        _update(ctx, pad.ctypes.data, 1024 - tail.size)
-        _final(nd, ctx)
+        _leaf(ctx, msg, pad, tail.ctypes.data, tail.size, nd)
     total = count + (1 if extra else 0)
     depth = 0
     while (1 << depth) < total:
@@ -209,30 +212,17 @@ def _growing_root(frontier, count, tail, dtype, length, zero, out):  # pragma: n
             node[b] = frontier[depth, b]
     elif total > 0:
         n, right = count, extra
-        msg[0] = 1
         for h in range(depth):
             if n & 1:
-                for b in range(32):
-                    msg[1 + b] = frontier[h, b]
-                    msg[33 + b] = node[b]
-                _digest(ctx, m, 65, nd)
+                _node(ctx, msg, frontier[h], node, nd)
                 right = True
             elif right:
-                for b in range(32):
-                    msg[1 + b] = node[b]
-                    msg[33 + b] = zero[h, b]
-                _digest(ctx, m, 65, nd)
+                _node(ctx, msg, node, zero[h], nd)
             else:
                 for b in range(32):
                     node[b] = zero[h + 1, b]
             n >>= 1
-    msg[0] = 2
-    msg[1] = dtype
-    for b in range(8):
-        msg[9 - b] = (length >> (8 * b)) & 0xFF
-    for b in range(32):
-        msg[10 + b] = node[b]
-    _digest(ctx, m, 42, out.ctypes.data)
+    _bind(ctx, msg, dtype, length, node, out.ctypes.data)
 
 
 def tensor_roots(words: np.ndarray, counts: np.ndarray, dtype: int, zero: np.ndarray) -> bytes:

@@ -24,7 +24,8 @@ MIN_WORK = 1 << 16
 """Multiply-adds below which products always run serially (a region costs more than it saves)."""
 
 ALWAYS_WORK = 1 << 21
-"""Multiply-adds from which products always run on the threads (tree_dot.PARALLEL_MIN_WORK)."""
+"""Multiply-adds from which products always run on the threads (also `tree_dot.matmul`'s
+default threshold, `PARALLEL_MIN_WORK`)."""
 
 
 @dataclass

@@ -43,6 +43,7 @@ from numba.extending import intrinsic, overload
 
 from refute.engine.weights import BF16, is_narrow, widen
 from refute.kernels import reference as ref
+from refute.kernels.cpu.split import ALWAYS_WORK
 
 LANES = 16
 """Outputs per panel: one AVX-512 vector of float32 (two AVX2 vectors)."""
@@ -337,8 +338,9 @@ _KERNELS = {
 
 _PARALLEL_LAUNCH = threading.Lock()
 
-PARALLEL_MIN_WORK = 1 << 21
-"""Multiply-adds (M·K·N) from which `matmul` uses numba's thread pool by default."""
+PARALLEL_MIN_WORK = ALWAYS_WORK
+"""Multiply-adds (M·K·N) from which `matmul` uses numba's thread pool by default (the CPU
+backend also times smaller ones both ways: `split.SplitChooser`)."""
 
 
 def matmul(x: np.ndarray, w: PackedWeight, parallel: bool | None = None) -> np.ndarray:
