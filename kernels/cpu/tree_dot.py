@@ -124,28 +124,32 @@ def _f32_from_bits(typingctx, bits):  # pragma: no cover - compiled
     return sig, codegen
 
 
-def _ld(panels, j, k, lane):  # pragma: no cover - replaced by the overload below
+def _ld(panel, k, lane):  # pragma: no cover - replaced by the overload below
     raise NotImplementedError
 
 
 @overload(_ld, inline="always")
-def _ld_impl(panels, j, k, lane):
-    """A weight as binary32: float32 panels as they are; bf16 panels (uint16 bits) widened
-    exactly in-register (`from_bf16`: a 16-bit shift; stored NaNs are already canonical)."""
-    if panels.dtype == types.float32:
-        return lambda panels, j, k, lane: panels[j, k, lane]
-    if panels.dtype == types.uint16:
-        return lambda panels, j, k, lane: _f32_from_bits(np.uint32(panels[j, k, lane]) << 16)
+def _ld_impl(panel, k, lane):
+    """Weight (k, lane) of one panel, flat ([Kp * LANES]: the literal row length lets LLVM
+    fold every index of a block into an address displacement, with no multiply or spilled
+    index per load), as binary32: float32 as it is; bf16 bits (uint16) widened exactly
+    in-register (`from_bf16`: a 16-bit shift; stored NaNs are already canonical)."""
+    if panel.dtype == types.float32:
+        return lambda panel, k, lane: panel[k * 16 + lane]
+    if panel.dtype == types.uint16:
+        return lambda panel, k, lane: _f32_from_bits(np.uint32(panel[k * 16 + lane]) << 16)
     return None
 
 
 @njit(inline="always", **_JIT_INLINE)
-def _block(x, m, k0, panels, j, lane):  # pragma: no cover - compiled
-    """The aligned 8-subtree ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)) of row m, lane `lane`."""
-    t01 = x[m, k0] * _ld(panels, j, k0, lane) + x[m, k0 + 1] * _ld(panels, j, k0 + 1, lane)
-    t23 = x[m, k0 + 2] * _ld(panels, j, k0 + 2, lane) + x[m, k0 + 3] * _ld(panels, j, k0 + 3, lane)
-    t45 = x[m, k0 + 4] * _ld(panels, j, k0 + 4, lane) + x[m, k0 + 5] * _ld(panels, j, k0 + 5, lane)
-    t67 = x[m, k0 + 6] * _ld(panels, j, k0 + 6, lane) + x[m, k0 + 7] * _ld(panels, j, k0 + 7, lane)
+def _block(xs, ws, o, lane):  # pragma: no cover - compiled
+    """The aligned 8-subtree ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)) of lane `lane` over k = o..o+7
+    of the slices xs (x) and ws (a panel's rows); `o` is a literal after inlining, so every
+    load is at a constant displacement from two base pointers."""
+    t01 = xs[o] * _ld(ws, o, lane) + xs[o + 1] * _ld(ws, o + 1, lane)
+    t23 = xs[o + 2] * _ld(ws, o + 2, lane) + xs[o + 3] * _ld(ws, o + 3, lane)
+    t45 = xs[o + 4] * _ld(ws, o + 4, lane) + xs[o + 5] * _ld(ws, o + 5, lane)
+    t67 = xs[o + 6] * _ld(ws, o + 6, lane) + xs[o + 7] * _ld(ws, o + 7, lane)
     return (t01 + t23) + (t45 + t67)
 
 
@@ -192,6 +196,7 @@ def _gemm_panels(x, panels, k, n, out):  # pragma: no cover - compiled
     while (1 << top) < width:
         top += 1
     for j in prange(panels.shape[0]):
+        panel = panels[j].reshape(kp * 16)
         stack = np.empty((4, top + 1, 16), dtype=np.float32)
         s = np.empty((4, 16), dtype=np.float32)
         base = j * 16
@@ -223,11 +228,12 @@ def _gemm_panels(x, panels, k, n, out):  # pragma: no cover - compiled
                     x[m + 3, k0 + 6],
                     x[m + 3, k0 + 7],
                 )
+                ws = panel[k0 * 16 : k0 * 16 + 128]
                 for lane in range(16):
-                    w0, w1 = _ld(panels, j, k0, lane), _ld(panels, j, k0 + 1, lane)
-                    w2, w3 = _ld(panels, j, k0 + 2, lane), _ld(panels, j, k0 + 3, lane)
-                    w4, w5 = _ld(panels, j, k0 + 4, lane), _ld(panels, j, k0 + 5, lane)
-                    w6, w7 = _ld(panels, j, k0 + 6, lane), _ld(panels, j, k0 + 7, lane)
+                    w0, w1 = _ld(ws, 0, lane), _ld(ws, 1, lane)
+                    w2, w3 = _ld(ws, 2, lane), _ld(ws, 3, lane)
+                    w4, w5 = _ld(ws, 4, lane), _ld(ws, 5, lane)
+                    w6, w7 = _ld(ws, 6, lane), _ld(ws, 7, lane)
                     s[0, lane] = ((a0 * w0 + a1 * w1) + (a2 * w2 + a3 * w3)) + (
                         (a4 * w4 + a5 * w5) + (a6 * w6 + a7 * w7)
                     )
@@ -259,13 +265,16 @@ def _gemm_panels(x, panels, k, n, out):  # pragma: no cover - compiled
             # registers and pushed on level 2 of the counter (a quarter of the stack traffic);
             # each block's tree is built as its products come (few values live at once: no
             # spills with 16 AVX2 registers). The blocks left over go one at a time.
+            xm = x[m]
             b = 0
             while b + 4 <= nblocks:
+                xs = xm[b * 8 : b * 8 + 32]
+                ws = panel[b * 128 : b * 128 + 512]
                 for lane in range(16):
-                    q0 = _block(x, m, b * 8, panels, j, lane)
-                    q1 = _block(x, m, b * 8 + 8, panels, j, lane)
-                    q2 = _block(x, m, b * 8 + 16, panels, j, lane)
-                    q3 = _block(x, m, b * 8 + 24, panels, j, lane)
+                    q0 = _block(xs, ws, 0, lane)
+                    q1 = _block(xs, ws, 8, lane)
+                    q2 = _block(xs, ws, 16, lane)
+                    q3 = _block(xs, ws, 24, lane)
                     s[0, lane] = (q0 + q1) + (q2 + q3)
                 level = 2
                 cnt = b >> 2
@@ -278,8 +287,10 @@ def _gemm_panels(x, panels, k, n, out):  # pragma: no cover - compiled
                     stack[0, level, lane] = s[0, lane]
                 b += 4
             while b < nblocks:
+                xs = xm[b * 8 : b * 8 + 8]
+                ws = panel[b * 128 : b * 128 + 128]
                 for lane in range(16):
-                    s[0, lane] = _block(x, m, b * 8, panels, j, lane)
+                    s[0, lane] = _block(xs, ws, 0, lane)
                 level = 0
                 cnt = b
                 while cnt & 1:
@@ -301,12 +312,13 @@ def _gemm_small(x, panels, k, n, out):  # pragma: no cover - compiled
     while width < k:
         width *= 2
     for j in prange(panels.shape[0]):
+        panel = panels[j].reshape(panels.shape[1] * 16)
         buf = np.empty(8, dtype=np.float32)
         base = j * 16
         for m in range(m_rows):
             for lane in range(min(16, n - base)):
                 for i in range(width):
-                    buf[i] = x[m, i] * _ld(panels, j, i, lane)
+                    buf[i] = x[m, i] * _ld(panel, i, lane)
                 w = width
                 while w > 1:
                     for i in range(w // 2):
