@@ -15,14 +15,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refute.engine.backend import ReferenceBackend
+from refute.engine.backend import ReferenceBackend, Row
 from refute.engine.checkpoint import build, load_model, random_weights
 from refute.engine.executor import Executor, Request
-from refute.engine.ir import Op
+from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src, T
 from refute.engine.models import LlamaConfig
 from refute.kernels import reference as ref
 from refute.kernels import vectors
-from refute.kernels.cpu import CPUBackend, dot_plan, elementwise, matmul, pack, split, tree_dot
+from refute.kernels.cpu import (
+    CPUBackend,
+    dot_plan,
+    elementwise,
+    matmul,
+    nodes,
+    pack,
+    split,
+    tree_dot,
+)
 from refute.kernels.cpu.reduce import tree_max, tree_sum
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
@@ -177,6 +186,87 @@ def test_tree_max_equals_reference(rows: int, k: int, special: float, signed_zer
         x = rng.choice(np.array([0.0, -0.0, -np.inf], np.float32), (rows, k))
     want = ref.tree_max(x, axis=-1)
     assert np.array_equal(ref.to_bits(tree_max(x)), ref.to_bits(want))
+
+
+# --- the compiled node loop (kernels/cpu/nodes.py) -------------------------------------------
+
+TIES = ref.from_bits(  # signed zeros and -inf first, then inf and NaNs with payloads
+    np.array([0x0, 0x80000000, 0xFF800000, 0x7F800000, 0xFFC00001, 0x7FC00000], np.uint32)
+)
+UNARY = (Fn.COPY, Fn.NEG, Fn.ABS, Fn.SQRT, Fn.EXP, Fn.SIGMOID, Fn.SILU, Fn.RECIPROCAL, Fn.RSQRT)
+
+
+@st.composite
+def _operand(draw, index: int, dims: tuple[int, ...], const: bool) -> tuple[Operand, int]:
+    """An operand reading source `index` over `dims` with strides in [-3, 3] (negative ones
+    start from an offset that keeps every read in bounds), and the source size it needs."""
+    if const:
+        bits = draw(st.sampled_from([0x3F800000, 0x80000000, 0x7F800000, 0x00000001, 0x3A83126F]))
+        return Operand(Src.CONST, bits, (0,) * len(dims)), 1
+    strides = tuple(draw(st.integers(-3, 3)) for _ in dims)
+    low = sum((d - 1) * -s for d, s in zip(dims, strides, strict=True) if s < 0 and d > 0)
+    high = sum((d - 1) * s for d, s in zip(dims, strides, strict=True) if s > 0 and d > 0)
+    offset = low + draw(st.integers(0, 2))
+    return Operand(Src.NODE, index, strides, offset), offset + high + 1
+
+
+@pytest.mark.parametrize("fn", sorted(nodes.SUPPORTED))
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_node_loop_equals_reference(fn: Fn, data) -> None:
+    """MAP, REDUCE(SUM) and REDUCE(MAX) nodes of every function the loop has, over up to four
+    output axes (one of them the position count), strided and negative-strided operands,
+    constants, reductions of 0 to 70 terms, and special values (NaN payloads, signed zeros,
+    infinities, subnormals, halfway sums): the backend's bits are the reference's, and the
+    loop (not a fallback) computed them."""
+    reducer = data.draw(st.sampled_from([Reducer.NONE, Reducer.SUM, Reducer.MAX]))
+    position = data.draw(st.integers(0, 5))
+    shape = tuple(data.draw(st.lists(st.integers(1, 6), max_size=4)))
+    if shape and data.draw(st.integers(0, 9)) == 0:  # now and then an empty axis
+        shape = (0, *shape[1:])
+    if shape and data.draw(st.booleans()):
+        shape = (T, *shape[1:])
+    k = data.draw(st.one_of(st.integers(0, 4), st.integers(5, 70))) if reducer else 0
+    dims = tuple(position + 1 if d == T else d for d in shape) + ((k,) if k or reducer else ())
+    arity = 1 if fn in UNARY else 2
+    operands, sizes = [], []
+    for i in range(arity):
+        op, size = data.draw(_operand(i, dims, const=i == 1 and data.draw(st.booleans())))
+        operands.append(op)
+        sizes.append(size)
+    op = Op.MAP if reducer == Reducer.NONE else Op.REDUCE
+    node = Node("n", op, shape, tuple(operands), fn, reducer, k)
+    program = Program((node,), (), 64, 1, 0, 0)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    special = data.draw(st.sampled_from([0.0, 0.3, 1.0, -1.0, -2.0]))  # < 0: only the ties
+    ties = TIES if special == -1.0 else TIES[:3]  # the spec settles; -2: no NaN among them
+    sources = [
+        np.array([ref.from_bits(np.uint32(o.index))], np.float32)
+        if o.src == Src.CONST
+        else rng.choice(ties, n)
+        if special < 0
+        else _values(rng, (n,), special)
+        for o, n in zip(operands, sizes, strict=True)
+    ]
+    rows = [Row(position, 0, sources), Row(position, 0, [s.copy() for s in sources])]
+    backend = CPUBackend(parallel=False)
+    got = backend.evaluate(program, node, rows)
+    want = ReferenceBackend().evaluate(program, node, rows)
+    assert backend._calls[node] is not None
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.float32 and g.shape == w.shape
+        assert np.array_equal(ref.to_bits(g), ref.to_bits(np.asarray(w, np.float32)))
+
+
+def test_node_loop_leaves_what_it_lacks_to_the_reference() -> None:
+    """ARGMAX, SAMPLE and functions outside the loop plan to None (the reference's path)."""
+    x = Operand(Src.NODE, 0, (1,))
+    assert nodes.plan(Node("m", Op.REDUCE, (), (x,), Fn.COPY, Reducer.ARGMAX, 4)) is None
+    assert nodes.plan(Node("s", Op.SAMPLE, (), (x,), Fn.COPY, Reducer.NONE, 4)) is None
+    assert nodes.plan(Node("t", Op.MAP, (4,), (x,), Fn.TANH)) is None
+    wide = Node("w", Op.MAP, (1, 1, 1, 1, 2), (Operand(Src.NODE, 0, (0, 0, 0, 0, 1)),), Fn.COPY)
+    assert nodes.plan(wide) is None
+    assert nodes.plan(Node("c", Op.MAP, (4,), (x,), Fn.COPY)) is not None
 
 
 # --- the backend --------------------------------------------------------------------------------

@@ -7,12 +7,15 @@ GEMM for a prefill or a batch).
 
 The other nodes are cheap in arithmetic but, at decode, dominated by the reference backend's
 per-node overhead (strided views, concatenating and splitting rows: ~0.1 ms a node, hundreds of
-nodes a token). Two light paths keep the reference's bits and only change how operands are
-gathered: MAP nodes call the spec function on operands taken as slices or constants (exp,
-sigmoid and silu in numba, `refute.kernels.cpu.elementwise`), and REDUCE(SUM) nodes of one row
-sum the reference's terms with the numba tree of `refute.kernels.cpu.reduce`. Everything else
-(max, argmax, sampling, cache appends, sums over a batch of rows) goes to `ReferenceBackend`,
-which defines the bits.
+nodes a token). Once the kernels are loaded, MAP, REDUCE(SUM/MAX) and cache-append nodes of the
+spec functions it has run a row at a time through one compiled loop that reads the IR's affine
+maps directly (`refute.kernels.cpu.nodes`, a few us a node). Before that (the default backend's
+numpy phase), and for what the loop lacks, two light paths keep the reference's bits and only
+change how operands are gathered: MAP nodes call the spec function on operands taken as slices
+or constants (exp, sigmoid and silu in numba, `refute.kernels.cpu.elementwise`), and one-row
+REDUCE(SUM/MAX) nodes reduce the reference's terms with the numba trees of
+`refute.kernels.cpu.reduce`. Everything else (argmax, sampling, tanh and gelu, sums over a batch
+of rows before the load) goes to `ReferenceBackend`, which defines the bits.
 
 Start-up: importing numba and loading its compiled kernels costs ~0.4 s per process even from
 the on-disk cache (more on a first compile), which is longer than a short run of a tiny model
@@ -36,7 +39,7 @@ from refute.engine import merkle
 from refute.engine.backend import FUNCTIONS, Backend, ReferenceBackend, Row, index_dims, strided
 from refute.engine.builder import row_major
 from refute.engine.ir import Fn, Node, Op, Operand, Program, Reducer, Src
-from refute.engine.weights import widen
+from refute.engine.weights import is_narrow, widen
 from refute.kernels.cpu.split import SplitChooser
 
 if TYPE_CHECKING:
@@ -92,6 +95,10 @@ LOAD_COST_S = 0.4
 
 COMPILE_NOTICE = "compiling CPU kernels (once)..."
 
+WIDEN_AT_MOST = 1 << 20
+"""Elements of a narrow weight the compiled node loop keeps widened (norm gains, biases); a
+larger one (an embedding table) is read a row at a time instead."""
+
 
 @dataclass(frozen=True)
 class Kernels:
@@ -99,6 +106,8 @@ class Kernels:
 
     functions: dict[Fn, Callable[..., np.ndarray]]  # spec functions, numba where it has one
     trees: dict[Reducer, Callable[[np.ndarray], np.ndarray]]  # the numba SUM and MAX trees
+    node_plan: Callable[[Node], Any]  # a non-dot node's compiled reading (`nodes.plan`)
+    node_run: Callable[..., np.ndarray | None]  # one row of it (`nodes.run`)
     matmul: Callable[..., np.ndarray]
     pack: Callable[..., PackedWeight]
     modules: tuple[ModuleType, ...]  # whose numba dispatchers these are
@@ -116,7 +125,7 @@ def kernels() -> Kernels:
         import numba
         from numba.core import event
 
-        from refute.kernels.cpu import elementwise, reduce, sha256, tree_dot
+        from refute.kernels.cpu import elementwise, nodes, reduce, sha256, tree_dot
 
         class _FirstCompile(event.Listener):
             """Calls the waiting callbacks when numba starts compiling (not on a cache load)."""
@@ -138,8 +147,8 @@ def kernels() -> Kernels:
         }
         _KERNELS = Kernels(
             functions, {Reducer.SUM: reduce.tree_sum, Reducer.MAX: reduce.tree_max},
-            tree_dot.matmul, tree_dot.pack,
-            (elementwise, reduce, tree_dot, sha256), numba.get_num_threads,
+            nodes.plan, nodes.run, tree_dot.matmul, tree_dot.pack,
+            (elementwise, nodes, reduce, tree_dot, sha256), numba.get_num_threads,
         )  # fmt: skip
         if not sha256.UNAVAILABLE:  # the step commitments in compiled loops too (same roots)
             merkle.use_batch_hasher(sha256)
@@ -197,6 +206,8 @@ class CPUBackend:
         self.numpy_s = 0.0  # evaluation time spent before the kernels were loaded
         self._kernels: Kernels | None = None
         self._plans: dict[Node, DotPlan | None] = {}
+        self._calls: dict[Node, Any] = {}  # node -> its `nodes.NodeCall`, or None
+        self._wide: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # narrow weight, widened
         self._split = SplitChooser()  # parallel=None: serial or threaded, by measured time
         # (id(source), offset, transposed, k, n) -> (source kept alive, its packed panels)
         self._packed: dict[tuple[int, int, bool, int, int], tuple[np.ndarray, PackedWeight]] = {}
@@ -235,6 +246,13 @@ class CPUBackend:
         if plan is False:
             plan = self._plans[node] = dot_plan(node)
         if plan is None or not rows:
+            call = self._calls.get(node, False)
+            if call is False:
+                call = self._calls[node] = k.node_plan(node)
+            if call is not None:
+                done = [k.node_run(call, row, self._float32) for row in rows]
+                if all(out is not None for out in done):
+                    return done
             if node.op == Op.MAP:
                 return [self._map_row(program, node, row, k.functions) for row in rows]
             if node.op == Op.REDUCE and len(rows) == 1 and node.reducer in k.trees:
@@ -255,6 +273,17 @@ class CPUBackend:
         out = k.matmul(x, weight, parallel=parallel)
         self._split.record(key, parallel, time.perf_counter() - start)
         return list(out)
+
+    def _float32(self, source: np.ndarray) -> np.ndarray | None:
+        """A bf16/fp16 weight widened exactly, once (weights are immutable), for the compiled
+        node loop; None for a large one (an embedding table: its own path reads one row) and
+        for other dtypes (token and index outputs)."""
+        hit = self._wide.get(id(source))
+        if hit is not None and hit[0] is source:
+            return hit[1]
+        wide = widen(source) if is_narrow(source) and source.size <= WIDEN_AT_MOST else None
+        self._wide[id(source)] = (source, wide)
+        return wide
 
     @staticmethod
     def _operand(
