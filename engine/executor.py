@@ -108,6 +108,17 @@ class Executor:
         # the nodes whose outputs are committed at the end of a step (a cache's root grows
         # with the cache instead)
         self._step_nodes = [i for i in range(len(self.program.nodes)) if i not in self._cache_nodes]
+        # per node, what each operand reads: ("node" or "weight", index), or a constant's array
+        # (built once: hundreds of nodes a position make per-call work the cost)
+        self._reads = [
+            tuple(
+                np.array([op.index], dtype=np.uint32).view(F32) if op.src == Src.CONST
+                else (op.src == Src.NODE, op.index)
+                for op in node.operands
+            )
+            for node in self.program.nodes
+        ]  # fmt: skip
+        self._selectors = [node.selector for node in self.program.nodes]
         # accumulated wall time, for reports: computing and keeping outputs, and hashing them
         # (step outputs, cache roots, trace records)
         self.seconds = {"evaluate": 0.0, "commit": 0.0}
@@ -206,9 +217,10 @@ class Executor:
         for group in groups or [(i,) for i in range(n)]:
             start, committed = time.perf_counter(), seconds["commit"]
             if len(group) == 1:
-                node = program.nodes[group[0]]
+                node_id = group[0]
+                node = program.nodes[node_id]
                 inputs = [
-                    self._row_inputs(node, gen, t, outs[i]) for i, (gen, t) in enumerate(rows)
+                    self._row_inputs(node_id, gen, t, outs[i]) for i, (gen, t) in enumerate(rows)
                 ]
                 per_node = [self.backend.evaluate(program, node, inputs)]
             else:  # a fused group: the backend reads earlier outputs and returns every node's
@@ -263,17 +275,17 @@ class Executor:
                 continue
             outs[i][node_id] = result
 
-    def _row_inputs(self, node, gen: Generation, t: int, outs: list[np.ndarray]) -> Row:
-        sources = []
-        for op in node.operands:
-            if op.src == Src.NODE:
-                sources.append(outs[op.index])
-            elif op.src == Src.WEIGHT:
-                sources.append(self._flat_weights[op.index])
-            else:
-                sources.append(np.array([op.index], dtype=np.uint32).view(F32))
+    def _row_inputs(self, node_id: int, gen: Generation, t: int, outs: list[np.ndarray]) -> Row:
+        weights = self._flat_weights
+        sources = [
+            read if isinstance(read, np.ndarray) else outs[read[1]] if read[0] else weights[read[1]]
+            for read in self._reads[node_id]
+        ]
         r = gen.request
-        return Row(t, self._selected(node, gen.tokens[t], outs), sources, r.temperature, r.seed)
+        token = gen.tokens[t]
+        if self._selectors[node_id] >= 0:
+            token = self._selected(self.program.nodes[node_id], token, outs)
+        return Row(t, token, sources, r.temperature, r.seed)
 
     def _selected(self, node, token: int, outs: list[np.ndarray]) -> int:
         """What the node's token_stride multiplies: the input token, or the value of its

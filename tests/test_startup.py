@@ -70,6 +70,7 @@ def test_second_process_loads_the_kernels_from_the_disk_cache(tmp_path) -> None:
     assert COMPILE_NOTICE not in stderr2
     assert all(misses == 0 for _, misses in report2["stats"].values()), report2["stats"]
     assert sum(hits for hits, _ in report2["stats"].values()) >= 2  # the dot and silu kernels
+    assert report2["stats"]["_evaluate"][0] >= 1  # the non-dot node loop (kernels/cpu/nodes.py)
     if not sha256.UNAVAILABLE:  # the step commitments' kernels (libcrypto found) load too
         hashing = ("_tensor_roots", "_append_records", "_growing_root")
         assert all(report2["stats"][name][0] >= 1 for name in hashing), report2["stats"]
