@@ -40,6 +40,19 @@ def test_tensor_roots_are_the_definition(batch: list[np.ndarray]) -> None:
     assert got == [definition_root(t) for t in batch]
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_chunk_leaves_threaded_or_serial_are_the_definition(parallel: bool, monkeypatch) -> None:
+    """The chunk leaves on numba's threads (in parts) or serially: the same roots, NaN payloads
+    made canonical across part boundaries, for enough chunks that every part holds several."""
+    monkeypatch.setattr(sha256._SPLIT, "choose", lambda key, work, threads: parallel)
+    rng = np.random.default_rng(5)
+    bits = rng.choice(np.array(SPECIAL_BITS, np.uint32), 40_000)
+    batch = [bits.view(np.float32)[: int(n)] for n in rng.integers(0, 3000, 60)]
+    with hashing(sha256):
+        got = merkle.tensor_roots(batch)
+    assert got == [definition_root(t) for t in batch]
+
+
 def test_tensor_roots_leave_their_inputs_alone() -> None:
     bits = np.array(SPECIAL_BITS * 300, dtype=np.uint32)  # NaN payloads across chunks
     values = bits.view(np.float32)

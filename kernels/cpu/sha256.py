@@ -18,11 +18,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import re
+import time
+import types as pytypes
 
+import numba
 import numpy as np
 from llvmlite import binding
-from numba import njit, types
+from numba import njit, prange, types
 
+from refute.kernels.cpu.split import PARALLEL_LAUNCH, SplitChooser
 from refute.kernels.reference import CANONICAL_NAN_BITS
 
 _SYMBOLS = ("SHA256_Init", "SHA256_Update", "SHA256_Final")
@@ -67,6 +71,7 @@ _update = types.ExternalFunction("SHA256_Update", types.intc(types.uintp, types.
 _final = types.ExternalFunction("SHA256_Final", types.intc(types.uintp, types.uintp))
 
 _CTX_BYTES = 256  # SHA256_CTX is 112 bytes in OpenSSL 1.1 and 3.x: room to spare
+_SPLIT = SplitChooser()  # the chunk leaves serially or threaded, by measured time
 
 
 @njit(cache=True, nogil=True)
@@ -111,40 +116,75 @@ def _bind(ctx, msg, dtype, count, tree, dst):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _tensor_roots(words, counts, dtype, zero, out):  # pragma: no cover - compiled
-    """out[j] = tensor root of the j-th tensor of `dtype` (0 float32, 1 uint32), its counts[j]
-    words laid in `words` right after the previous one's. Float32 NaNs are made canonical in
-    `words` (a copy) first."""
-    if dtype == 0:
-        for i in range(words.size):
-            if (words[i] & 0x7FFFFFFF) > 0x7F800000:
-                words[i] = CANONICAL_NAN_BITS
+def _leaf_table(counts):  # pragma: no cover - compiled
+    """Every chunk of the tensors laid end to end: its first word and its words (the last
+    chunk of a tensor may be short), and the index of each tensor's first chunk."""
+    first = np.empty(counts.size + 1, np.int64)
+    chunks = 0
+    for j in range(counts.size):
+        first[j] = chunks
+        chunks += (counts[j] + 255) // 256
+    first[counts.size] = chunks
+    start = np.empty(chunks, np.int64)
+    words = np.empty(chunks, np.int64)
+    w = 0
+    for j in range(counts.size):
+        for c in range(first[j + 1] - first[j]):
+            start[first[j] + c] = w + 256 * c
+            words[first[j] + c] = min(256, counts[j] - 256 * c)
+        w += counts[j]
+    return first, start, words
+
+
+def _chunk_leaves(words, start, sizes, canonical, leaves):  # pragma: no cover - compiled
+    """leaves[c] = H(0x00 || chunk c, zero-padded to 1 KiB), float32 NaNs in it made canonical
+    first (`canonical`); the chunks in a few contiguous parts, each with its own context (the
+    parts run on numba's threads in the parallel variant)."""
+    n = start.size
+    parts = min(n, 16)
+    pad = np.zeros(1024, np.uint8)
+    for part in prange(parts):
+        state = np.empty(_CTX_BYTES, np.uint8)
+        msg = np.zeros(80, np.uint8)
+        ctx, base = state.ctypes.data, words.ctypes.data
+        for c in range(part * n // parts, (part + 1) * n // parts):
+            if canonical:
+                for i in range(start[c], start[c] + sizes[c]):
+                    if (words[i] & 0x7FFFFFFF) > 0x7F800000:
+                        words[i] = CANONICAL_NAN_BITS
+            _leaf(ctx, msg, pad, base + 4 * start[c], 4 * sizes[c], leaves[c].ctypes.data)
+
+
+@njit(cache=True, nogil=True)
+def _trees(leaves, first, counts, dtype, zero, out):  # pragma: no cover - compiled
+    """out[j] = bind(dtype, counts[j], tree over tensor j's leaves), each tree built in place
+    over its own rows of `leaves` (node i is written after 2i and 2i+1 are read)."""
     state = np.empty(_CTX_BYTES, np.uint8)
     msg = np.zeros(80, np.uint8)
-    pad = np.zeros(1024, np.uint8)
     empty = np.zeros(32, np.uint8)
-    ctx, base = state.ctypes.data, words.ctypes.data
-    biggest = 1
+    ctx = state.ctypes.data
     for j in range(counts.size):
-        biggest = max(biggest, (counts[j] + 255) // 256)
-    level = np.empty((biggest, 32), np.uint8)
-    lv = level.ctypes.data
-    first = 0  # in bytes
-    for j in range(counts.size):
-        size = 4 * counts[j]
-        n = (size + 1023) // 1024
-        for c in range(n):  # the last chunk zero-padded to 1 KiB
-            _leaf(ctx, msg, pad, base + first + 1024 * c, min(1024, size - 1024 * c), lv + 32 * c)
-        first += size
-        h = 0
-        while n > 1:  # a level at a time, in place: node i is written after 2i and 2i+1 are read
+        level = leaves[first[j] : first[j + 1]]
+        n, h = level.shape[0], 0
+        while n > 1:
             half = (n + 1) // 2
             for i in range(half):
                 right = level[2 * i + 1] if 2 * i + 1 < n else zero[h]
-                _node(ctx, msg, level[2 * i], right, lv + 32 * i)
+                _node(ctx, msg, level[2 * i], right, level[i].ctypes.data)
             n = half
             h += 1
-        _bind(ctx, msg, dtype, counts[j], level[0] if size else empty, out.ctypes.data + 32 * j)
+        _bind(
+            ctx, msg, dtype, counts[j], level[0] if counts[j] else empty, out.ctypes.data + 32 * j
+        )
+
+
+# the leaf loop twice, renamed (numba's disk cache is keyed by name, not by compile options)
+_LEAVES = {}
+for _parallel in (False, True):
+    _copy = pytypes.FunctionType(_chunk_leaves.__code__, _chunk_leaves.__globals__,
+                                 "_chunk_leaves", _chunk_leaves.__defaults__)  # fmt: skip
+    _copy.__qualname__ = f"_chunk_leaves_{'parallel' if _parallel else 'serial'}"
+    _LEAVES[_parallel] = njit(cache=True, nogil=True, parallel=_parallel)(_copy)
 
 
 @njit(cache=True, nogil=True)
@@ -228,9 +268,24 @@ def _growing_root(frontier, count, tail, dtype, length, zero, out):  # pragma: n
 def tensor_roots(words: np.ndarray, counts: np.ndarray, dtype: int, zero: np.ndarray) -> bytes:
     """The tensor roots, 32 bytes each, of tensors of `dtype` (merkle.DTYPE_F32 or DTYPE_U32)
     and counts[j] elements laid end to end in `words` (uint32; modified: float32 NaNs made
-    canonical); `zero[h]` the empty subtree of height h. merkle.tensor_roots lays them out."""
+    canonical); `zero[h]` the empty subtree of height h. merkle.tensor_roots lays them out.
+
+    The chunk leaves (most of the bytes hashed) go on numba's threads when that was faster
+    here for this many chunks (`split.SplitChooser`, work = bytes hashed); the trees and binds
+    follow serially."""
     out = np.empty((counts.size, 32), np.uint8)
-    _tensor_roots(words, counts, dtype, zero, out)
+    first, start, sizes = _leaf_table(counts)
+    leaves = np.empty((start.size, 32), np.uint8)
+    key = ("sha256", start.size.bit_length())
+    parallel = _SPLIT.choose(key, 1024 * start.size, numba.get_num_threads())
+    began = time.perf_counter()
+    if parallel:
+        with PARALLEL_LAUNCH:
+            _LEAVES[True](words, start, sizes, dtype == 0, leaves)
+    else:
+        _LEAVES[False](words, start, sizes, dtype == 0, leaves)
+    _SPLIT.record(key, parallel, time.perf_counter() - began)
+    _trees(leaves, first, counts, dtype, zero, out)
     return out.tobytes()
 
 

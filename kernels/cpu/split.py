@@ -11,6 +11,7 @@ stake.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,11 @@ RECHECK = 4096
 
 MIN_WORK = 1 << 16
 """Multiply-adds below which products always run serially (a region costs more than it saves)."""
+
+PARALLEL_LAUNCH = threading.Lock()
+"""Held around every launch of a parallel numba kernel: numba's default (workqueue) thread pool
+aborts on launches from two Python threads at once (a watcher's game loop and its model
+worker), so they go one at a time."""
 
 ALWAYS_WORK = 1 << 21
 """Multiply-adds from which products always run on the threads (also `tree_dot.matmul`'s

@@ -31,7 +31,6 @@ wheels (numba + llvmlite) that support numpy 2.4 — no C toolchain on the watch
 from __future__ import annotations
 
 import math
-import threading
 import types as pytypes
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from numba.extending import intrinsic, overload
 
 from refute.engine.weights import BF16, is_narrow, widen
 from refute.kernels import reference as ref
-from refute.kernels.cpu.split import ALWAYS_WORK
+from refute.kernels.cpu.split import ALWAYS_WORK, PARALLEL_LAUNCH
 
 LANES = 16
 """Outputs per panel: one AVX-512 vector of float32 (two AVX2 vectors)."""
@@ -348,7 +347,6 @@ _KERNELS = {
     for small, fn in ((False, _gemm_panels), (True, _gemm_small))
 }
 
-_PARALLEL_LAUNCH = threading.Lock()
 
 PARALLEL_MIN_WORK = ALWAYS_WORK
 """Multiply-adds (M·K·N) from which `matmul` uses numba's thread pool by default (the CPU
@@ -377,9 +375,7 @@ def matmul(x: np.ndarray, w: PackedWeight, parallel: bool | None = None) -> np.n
         else:
             kernel = _KERNELS[bool(parallel), _pow2_ceil(w.k) < BLOCK]
             if parallel:
-                # numba's default (workqueue) thread pool aborts on launches from two Python
-                # threads at once (a watcher's game loop and its model worker): one at a time
-                with _PARALLEL_LAUNCH:
+                with PARALLEL_LAUNCH:  # one parallel launch at a time (split.PARALLEL_LAUNCH)
                     kernel(xp, w.panels, w.k, w.n, out)
             else:
                 kernel(xp, w.panels, w.k, w.n, out)
