@@ -278,10 +278,12 @@ class CPUBackend:
         """A bf16/fp16 weight widened exactly, once (weights are immutable), for the compiled
         node loop; None for a large one (an embedding table: its own path reads one row) and
         for other dtypes (token and index outputs)."""
+        if not is_narrow(source):  # (not kept: a node's output lives for one step)
+            return None
         hit = self._wide.get(id(source))
         if hit is not None and hit[0] is source:
             return hit[1]
-        wide = widen(source) if is_narrow(source) and source.size <= WIDEN_AT_MOST else None
+        wide = widen(source) if source.size <= WIDEN_AT_MOST else None
         self._wide[id(source)] = (source, wide)
         return wide
 
