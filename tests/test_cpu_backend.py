@@ -214,12 +214,12 @@ def _operand(draw, index: int, dims: tuple[int, ...], const: bool) -> tuple[Oper
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_node_loop_equals_reference(fn: Fn, data) -> None:
-    """MAP, REDUCE(SUM) and REDUCE(MAX) nodes of every function the loop has, over up to four
-    output axes (one of them the position count), strided and negative-strided operands,
-    constants, reductions of 0 to 70 terms, and special values (NaN payloads, signed zeros,
-    infinities, subnormals, halfway sums): the backend's bits are the reference's, and the
-    loop (not a fallback) computed them."""
-    reducer = data.draw(st.sampled_from([Reducer.NONE, Reducer.SUM, Reducer.MAX]))
+    """MAP, REDUCE(SUM), REDUCE(MAX) and REDUCE(ARGMAX) nodes of every function the loop has,
+    over up to four output axes (one of them the position count), strided and negative-strided
+    operands, constants, reductions of 0 (1 for an argmax) to 70 terms, and special values (NaN
+    payloads, signed zeros, infinities, subnormals, halfway sums): the backend's bits are the
+    reference's, and the loop (not a fallback) computed them."""
+    reducer = data.draw(st.sampled_from(list(Reducer)))
     position = data.draw(st.integers(0, 5))
     shape = tuple(data.draw(st.lists(st.integers(1, 6), max_size=4)))
     if shape and data.draw(st.integers(0, 9)) == 0:  # now and then an empty axis
@@ -227,6 +227,8 @@ def test_node_loop_equals_reference(fn: Fn, data) -> None:
     if shape and data.draw(st.booleans()):
         shape = (T, *shape[1:])
     k = data.draw(st.one_of(st.integers(0, 4), st.integers(5, 70))) if reducer else 0
+    if reducer == Reducer.ARGMAX:
+        k = max(k, 1)
     dims = tuple(position + 1 if d == T else d for d in shape) + ((k,) if k or reducer else ())
     arity = 1 if fn in UNARY else 2
     operands, sizes = [], []
@@ -253,16 +255,50 @@ def test_node_loop_equals_reference(fn: Fn, data) -> None:
     got = backend.evaluate(program, node, rows)
     want = ReferenceBackend().evaluate(program, node, rows)
     assert backend._calls[node] is not None
+    dtype = np.uint32 if reducer == Reducer.ARGMAX else np.float32
     for g, w in zip(got, want, strict=True):
-        assert g.dtype == np.float32 and g.shape == w.shape
-        assert np.array_equal(ref.to_bits(g), ref.to_bits(np.asarray(w, np.float32)))
+        assert g.dtype == dtype and g.shape == w.shape
+        assert np.array_equal(g.view(np.uint32), np.asarray(w, dtype).view(np.uint32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    v=st.integers(1, 300),
+    special=st.sampled_from([0.0, 0.3, -1.0, -2.0]),
+    temperature=st.sampled_from([0.0, 0.0, 0.7]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_node_loop_samples_greedily_as_the_reference(v, special, temperature, seed) -> None:
+    """A SAMPLE node at temperature 0 is the argmax of its logits through the loop (ties of
+    equal values, -0 against +0 and NaNs keep the first index); at a temperature the row goes to
+    the reference's Gumbel sampling. Either way the token is the reference's."""
+    node = Node("s", Op.SAMPLE, (), (Operand(Src.NODE, 0, (1,)),), Fn.COPY, Reducer.NONE, v)
+    program = Program((node,), (), 64, v, 0, 0)
+    rng = np.random.default_rng(seed)
+    logits = (
+        rng.choice(TIES[:3] if special == -2.0 else TIES, v)
+        if special < 0
+        else (_values(rng, (v,), special))
+    )
+    rows = [Row(3, 0, [logits], temperature, seed)]
+    backend = CPUBackend(parallel=False)
+    (got,) = backend.evaluate(program, node, rows)
+    (want,) = ReferenceBackend().evaluate(program, node, rows)
+    assert got.dtype == np.uint32 and got.tolist() == want.tolist()
+    assert backend._calls[node] is not None and backend._calls[node].greedy
 
 
 def test_node_loop_leaves_what_it_lacks_to_the_reference() -> None:
-    """ARGMAX, SAMPLE and functions outside the loop plan to None (the reference's path)."""
+    """Functions outside the loop and index spaces beyond its five axes plan to None (the
+    reference's path); an argmax of an empty axis is declined, so the reference says so."""
     x = Operand(Src.NODE, 0, (1,))
-    assert nodes.plan(Node("m", Op.REDUCE, (), (x,), Fn.COPY, Reducer.ARGMAX, 4)) is None
-    assert nodes.plan(Node("s", Op.SAMPLE, (), (x,), Fn.COPY, Reducer.NONE, 4)) is None
+    assert nodes.plan(Node("m", Op.REDUCE, (), (x,), Fn.COPY, Reducer.ARGMAX, 4)) is not None
+    assert nodes.plan(Node("s", Op.SAMPLE, (), (x,), Fn.COPY, Reducer.NONE, 4)) is not None
+    empty = Node("e", Op.REDUCE, (), (x,), Fn.COPY, Reducer.ARGMAX, 0)
+    with pytest.raises(ref.ShapeError):
+        CPUBackend(parallel=False).evaluate(
+            Program((empty,), (), 64, 1, 0, 0), empty, [Row(0, 0, [np.ones(1, np.float32)])]
+        )
     assert nodes.plan(Node("t", Op.MAP, (4,), (x,), Fn.TANH)) is None
     wide = Node("w", Op.MAP, (1, 1, 1, 1, 2), (Operand(Src.NODE, 0, (0, 0, 0, 0, 1)),), Fn.COPY)
     assert nodes.plan(wide) is None

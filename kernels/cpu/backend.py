@@ -7,15 +7,16 @@ GEMM for a prefill or a batch).
 
 The other nodes are cheap in arithmetic but, at decode, dominated by the reference backend's
 per-node overhead (strided views, concatenating and splitting rows: ~0.1 ms a node, hundreds of
-nodes a token). Once the kernels are loaded, MAP, REDUCE(SUM/MAX) and cache-append nodes of the
-spec functions it has run a row at a time through one compiled loop that reads the IR's affine
-maps directly (`refute.kernels.cpu.nodes`, a few us a node). Before that (the default backend's
-numpy phase), and for what the loop lacks, two light paths keep the reference's bits and only
-change how operands are gathered: MAP nodes call the spec function on operands taken as slices
-or constants (exp, sigmoid and silu in numba, `refute.kernels.cpu.elementwise`), and one-row
-REDUCE(SUM/MAX) nodes reduce the reference's terms with the numba trees of
-`refute.kernels.cpu.reduce`. Everything else (argmax, sampling, tanh and gelu, sums over a batch
-of rows before the load) goes to `ReferenceBackend`, which defines the bits.
+nodes a token). Once the kernels are loaded, MAP, REDUCE (SUM, MAX, ARGMAX), cache-append and
+greedy SAMPLE nodes of the spec functions it has run a row at a time through one compiled loop
+that reads the IR's affine maps directly (`refute.kernels.cpu.nodes`, a few us a node). Before
+that (the default backend's numpy phase), and for what the loop lacks, two light paths keep the
+reference's bits and only change how operands are gathered: MAP nodes call the spec function on
+operands taken as slices or constants (exp, sigmoid and silu in numba,
+`refute.kernels.cpu.elementwise`), and one-row REDUCE(SUM/MAX) nodes reduce the reference's
+terms with the numba trees of `refute.kernels.cpu.reduce`. Everything else (sampling at a
+temperature, tanh and gelu, the other nodes before the load) goes to `ReferenceBackend`, which
+defines the bits.
 
 Start-up: importing numba and loading its compiled kernels costs ~0.4 s per process even from
 the on-disk cache (more on a first compile), which is longer than a short run of a tiny model

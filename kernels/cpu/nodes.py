@@ -1,5 +1,5 @@
-"""One compiled loop for the nodes that are not dots: a MAP, a REDUCE (SUM or MAX) or a cache
-append of one row, read through the IR's affine maps directly.
+"""One compiled loop for the nodes that are not dots: a MAP, a REDUCE (SUM, MAX or ARGMAX), a
+cache append or a greedy SAMPLE of one row, read through the IR's affine maps directly.
 
 At decode a transformer's non-dot nodes (norms, RoPE, attention scores, softmax, SwiGLU's
 gating, residual adds, cache appends) are hundreds of tiny tensors a token. Evaluating each
@@ -27,6 +27,7 @@ from refute.engine.backend import Row
 from refute.engine.ir import Fn, Node, Op, Reducer, Src, T
 from refute.kernels import reference as ref
 from refute.kernels.cpu.elementwise import _C, _POW2, _exp, _sigmoid
+from refute.kernels.cpu.tree_dot import _f32_from_bits
 
 AXES = 5
 """Index axes of the normalised space: four output axes, then the reduction axis."""
@@ -37,10 +38,12 @@ SUPPORTED = frozenset({
 })  # fmt: skip
 """The spec functions this loop evaluates (the rest stay on the reference's numpy path)."""
 
-_MAP, _SUM, _MAX = 0, 1, 2
+_MAP, _SUM, _MAX, _ARGMAX = 0, 1, 2, 3
 KIND = {(Op.MAP, Reducer.NONE): _MAP, (Op.CACHE_APPEND, Reducer.NONE): _MAP,
-        (Op.REDUCE, Reducer.SUM): _SUM, (Op.REDUCE, Reducer.MAX): _MAX}  # fmt: skip
-"""(op, reducer) -> the loop's kind, for the node shapes it evaluates."""
+        (Op.REDUCE, Reducer.SUM): _SUM, (Op.REDUCE, Reducer.MAX): _MAX,
+        (Op.REDUCE, Reducer.ARGMAX): _ARGMAX, (Op.SAMPLE, Reducer.NONE): _ARGMAX}  # fmt: skip
+"""(op, reducer) -> the loop's kind, for the node shapes it evaluates (a SAMPLE only when
+greedy: temperature 0 makes it the argmax of its logits)."""
 
 _NAN = np.array([ref.NAN], dtype=np.float32)  # the canonical NaN, loaded as bits
 _JIT = {"fastmath": False, "cache": True, "nogil": True, "error_model": "numpy"}
@@ -113,6 +116,20 @@ def _line(fn, a, pa, sa, b, pb, sb, dst, o, n, nan):  # pragma: no cover - compi
             dst[o + i] = _fn(fn, a[pa + i * sa], b[pb + i * sb], nan)
 
 
+@njit(inline="always", **_JIT)
+def _first_max(terms, k):  # pragma: no cover - compiled
+    """`reference.argmax` of terms[:k]. Its tree keeps the left child unless the right is
+    strictly greater or NaN against a non-NaN: a total preorder (NaN above all, -0 equal to +0,
+    the -inf padding after every real element), so the tree's winner is the first element of
+    the top class, found in one scan."""
+    best, at = terms[0], 0
+    for r in range(1, k):
+        v = terms[r]
+        if v > best or (v != v and best == best):
+            best, at = v, r
+    return at
+
+
 @njit(**_JIT)
 def _evaluate(kind, fn, dims, a, a_base, b, b_base, strides, out):  # pragma: no cover - compiled
     """out (row-major over dims[:4]) = the node: fn of the operands at base + index · strides
@@ -139,9 +156,9 @@ def _evaluate(kind, fn, dims, a, a_base, b, b_base, strides, out):  # pragma: no
                     continue
                 for i3 in range(dims[3]):
                     qa, qb = pa + i3 * sa[3], pb + i3 * sb[3]
-                    if k == 0:
+                    if k == 0:  # (no argmax of nothing gets here: `run` declines it)
                         out[o] = zero if kind == 1 else np.float32(-np.inf)
-                    elif k == 1:  # a tree of one leaf performs no operation
+                    elif k == 1 and kind != 3:  # a tree of one leaf performs no operation
                         out[o] = _fn(fn, a[qa], b[qb], nan)
                     elif kind == 1:
                         _line(fn, a, qa, sa[4], b, qb, sb[4], buf, 0, k, nan)
@@ -155,6 +172,9 @@ def _evaluate(kind, fn, dims, a, a_base, b, b_base, strides, out):  # pragma: no
                             w = half
                         v = buf[0]
                         out[o] = nan if v != v else v
+                    elif kind == 3:  # ARGMAX: the index's bits in out (a uint32 array)
+                        _line(fn, a, qa, sa[4], b, qb, sb[4], buf, 0, k, nan)
+                        out[o] = _f32_from_bits(np.uint32(_first_max(buf, k)))
                     else:  # MAX: NaN if any term is; else the largest, +0 over -0
                         _line(fn, a, qa, sa[4], b, qb, sb[4], buf, 0, k, nan)
                         best = np.float32(-np.inf)
@@ -181,19 +201,22 @@ class NodeCall:
     bases: tuple[tuple[int, int, int] | None, ...]  # (offset, t_stride, token_stride) or None
     size: int  # output elements when `fixed` (else -1)
     operands: tuple[int, int]  # which of the row's sources each loop operand reads
+    greedy: bool  # a SAMPLE: evaluated here only at temperature 0 (else the reference samples)
 
 
 def plan(node: Node) -> NodeCall | None:
-    """The loop's reading of `node`, or None when the loop does not evaluate it (a sample or
-    an argmax, a function it lacks, more than four output axes)."""
+    """The loop's reading of `node`, or None when the loop does not evaluate it (a function
+    it lacks, more than four output axes)."""
     kind = KIND.get((node.op, node.reducer))
     if kind is None or node.fn not in SUPPORTED or not 1 <= len(node.operands) <= 2:
+        return None
+    if node.op == Op.SAMPLE and len(node.operands) != 1:
         return None
     out = tuple(node.shape[1:] if node.op == Op.CACHE_APPEND else node.shape)
     if len(out) > AXES - 1:
         return None
     lead = AXES - 1 - len(out)
-    reduce = node.op == Op.REDUCE
+    reduce = node.op in (Op.REDUCE, Op.SAMPLE)
     dims = (1,) * lead + out + ((node.reduce_len,) if reduce else (1,))
     strides, bases = [], []
     for op in node.operands:
@@ -209,14 +232,19 @@ def plan(node: Node) -> NodeCall | None:
     return NodeCall(
         kind, int(node.fn), dims, fixed, np.array([strides[i] for i in pick], dtype=np.int64),
         tuple(bases[i] for i in pick), -1 if fixed is None else math.prod(dims[:-1]), pick,
+        node.op == Op.SAMPLE,
     )  # fmt: skip
 
 
 def run(
     call: NodeCall, row: Row, float32: Callable[[np.ndarray], np.ndarray | None]
 ) -> np.ndarray | None:
-    """One row's flat output of the planned node, or None when a source is not float32 and
-    `float32(source)` (the backend's exact widening of a narrow weight) gives None."""
+    """One row's flat output of the planned node (uint32 for an argmax or a sample), or None
+    when the loop declines the row: a source not float32 that `float32(source)` (the backend's
+    exact widening of a narrow weight) does not widen, a sample at a temperature, an argmax of
+    an empty axis (the reference's path says what is wrong with it)."""
+    if call.greedy and row.temperature != 0:
+        return None
     sources = []
     for i in call.operands:
         src = row.sources[i]
@@ -229,12 +257,15 @@ def run(
     if dims is None:
         resolved = [t + 1 if d == T else d for d in call.dims]
         dims, size = np.array(resolved, dtype=np.int64), math.prod(resolved[:-1])
+    if call.kind == _ARGMAX and dims[AXES - 1] == 0:
+        return None
     a, b = call.bases
-    out = np.empty(size, dtype=np.float32)
+    index = call.kind == _ARGMAX
+    out = np.empty(size, dtype=np.uint32 if index else np.float32)
     _evaluate(
         call.kind, call.fn, dims,
         sources[0], 0 if a is None else a[0] + a[1] * t + a[2] * row.token,
         sources[1], 0 if b is None else b[0] + b[1] * t + b[2] * row.token,
-        call.strides, out,
+        call.strides, out.view(np.float32) if index else out,
     )  # fmt: skip
     return out
