@@ -108,7 +108,7 @@ class Executor:
         # the nodes whose outputs are committed at the end of a step (a cache's root grows
         # with the cache instead)
         self._step_nodes = [i for i in range(len(self.program.nodes)) if i not in self._cache_nodes]
-        # per node, what each operand reads: ("node" or "weight", index), or a constant's array
+        # per node, what each operand reads: (node output?, index) or a constant's array
         # (built once: hundreds of nodes a position make per-call work the cost)
         self._reads = [
             tuple(

@@ -134,7 +134,8 @@ def _first_max(terms, k):  # pragma: no cover - compiled
 def _evaluate(kind, fn, dims, a, a_base, b, b_base, strides, out):  # pragma: no cover - compiled
     """out (row-major over dims[:4]) = the node: fn of the operands at base + index · strides
     (MAP), or per output element the spec tree over the reduction axis of those terms (SUM:
-    padded with +0 to a power of two; MAX: its scan, which equals the tree). The constant
+    padded with +0 to a power of two; MAX and ARGMAX: scans, which equal their trees; an
+    argmax's index is stored as the bits of `out`, a view of a uint32 array). The constant
     tables are globals, frozen into the compiled code."""
     nan = _NAN[0]
     sa, sb = strides[0], strides[1]
