@@ -288,6 +288,20 @@ def test_node_loop_samples_greedily_as_the_reference(v, special, temperature, se
     assert backend._calls[node] is not None and backend._calls[node].greedy
 
 
+@pytest.mark.parametrize("k", range(1, 18))
+def test_sum_trees_pad_with_plus_zero(k: int) -> None:
+    """A sum of -0s: -0 + -0 is -0, but a subtree of padding is +0 and -0 + +0 is +0, so the
+    root's sign tells whether every non-power-of-two width is padded with +0 (the node loop's
+    tree and `reduce.tree_sum` share it)."""
+    terms = np.full(k, -0.0, np.float32)
+    want = ref.to_bits(ref.tree_sum(terms))
+    assert ref.to_bits(tree_sum(terms[None, :]))[0] == want
+    node = Node("s", Op.REDUCE, (), (Operand(Src.NODE, 0, (1,)),), Fn.COPY, Reducer.SUM, k)
+    program = Program((node,), (), 64, 1, 0, 0)
+    (got,) = CPUBackend(parallel=False).evaluate(program, node, [Row(0, 0, [terms])])
+    assert ref.to_bits(got)[0] == want
+
+
 def test_node_loop_leaves_what_it_lacks_to_the_reference() -> None:
     """Functions outside the loop and index spaces beyond its five axes plan to None (the
     reference's path); an argmax of an empty axis is declined, so the reference says so."""

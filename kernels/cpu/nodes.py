@@ -12,6 +12,10 @@ tests/test_cpu_backend.py checks it against the reference on random nodes and wh
 The index space is normalised to four output axes and one reduction axis (leading axes of
 length 1, stride 0), so one signature serves every node; operands are float32 arrays (a
 constant is a one-element array read with stride 0).
+
+The loop inlines helpers from elementwise.py, reduce.py and tree_dot.py. numba's disk cache
+is keyed by this file alone, so after editing one of those, clear kernels/cpu/__pycache__ (or
+set NUMBA_CACHE_DIR) before testing; an install or a fresh checkout always compiles anew.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from refute.engine.backend import Row
 from refute.engine.ir import Fn, Node, Op, Reducer, Src, T
 from refute.kernels import reference as ref
 from refute.kernels.cpu.elementwise import _C, _POW2, _exp, _sigmoid
+from refute.kernels.cpu.reduce import padded_tree_sum
 from refute.kernels.cpu.tree_dot import _f32_from_bits
 
 AXES = 5
@@ -163,15 +168,7 @@ def _evaluate(kind, fn, dims, a, a_base, b, b_base, strides, out):  # pragma: no
                         out[o] = _fn(fn, a[qa], b[qb], nan)
                     elif kind == 1:
                         _line(fn, a, qa, sa[4], b, qb, sb[4], buf, 0, k, nan)
-                        for r in range(k, width):
-                            buf[r] = zero
-                        w = width
-                        while w > 1:
-                            half = w // 2
-                            for r in range(half):
-                                buf[r] = buf[2 * r] + buf[2 * r + 1]
-                            w = half
-                        v = buf[0]
+                        v = padded_tree_sum(buf, k, width)
                         out[o] = nan if v != v else v
                     elif kind == 3:  # ARGMAX: the index's bits in out (a uint32 array)
                         _line(fn, a, qa, sa[4], b, qb, sb[4], buf, 0, k, nan)

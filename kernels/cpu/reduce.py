@@ -10,6 +10,22 @@ from numba import njit
 from refute.kernels import reference as ref
 
 
+@njit(inline="always", fastmath=False, cache=True, nogil=True, error_model="numpy")
+def padded_tree_sum(buf, k, width):  # pragma: no cover - compiled
+    """The spec tree sum of the k terms in buf[:k], padded with +0.0 to `width` (the power of
+    two at or above k, buf's length), computed in place; returns the root."""
+    zero = np.float32(0.0)
+    for i in range(k, width):
+        buf[i] = zero
+    w = width
+    while w > 1:
+        half = w // 2
+        for i in range(half):
+            buf[i] = buf[2 * i] + buf[2 * i + 1]
+        w = half
+    return buf[0]
+
+
 @njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
 def _tree_rows(terms, out):  # pragma: no cover - compiled
     """out[r] = spec tree sum of terms[r, :] (padded with +0.0 to a power of two)."""
@@ -18,19 +34,10 @@ def _tree_rows(terms, out):  # pragma: no cover - compiled
     while width < k:
         width *= 2
     buf = np.empty(width, dtype=np.float32)
-    zero = np.float32(0.0)
     for r in range(rows):
         for i in range(k):
             buf[i] = terms[r, i]
-        for i in range(k, width):
-            buf[i] = zero
-        w = width
-        while w > 1:
-            half = w // 2
-            for i in range(half):
-                buf[i] = buf[2 * i] + buf[2 * i + 1]
-            w = half
-        out[r] = buf[0]
+        out[r] = padded_tree_sum(buf, k, width)
 
 
 def _by_rows(x: np.ndarray, empty: float, kernel) -> np.ndarray:
