@@ -11,7 +11,9 @@ interval plus the node's answer plus, for a record opening, one position's recom
 
 Any exception from the node (connection refused, timeout, HTTP 5xx, a dropped answer) ends the
 round, is logged and retried after a backoff that doubles up to `MAX_BACKOFF`; after
-`UNREACHABLE_AFTER` seconds without an answer a `node.unreachable` event says so. Only a chain
+`UNREACHABLE_AFTER` seconds without an answer a `node.unreachable` event says so (at the first
+failed retry past that time, or, when the backoff's next retry already finds the node back, just
+before `node.reachable`: an outage that long is always reported). Only a chain
 that is no longer the one the state belongs to (StoreError) ends the process.
 
     service = Service(game, [prover], EventLog(sys.stdout, "prover"), sources=[RequestFile(p)])
@@ -138,8 +140,14 @@ class Service:
             self.log("node.unreachable", seconds=round(down, 1), errors=self.errors)
 
     def _recovered(self) -> None:
-        if self.failing_since is not None and self._unreachable_logged:
-            self.log("node.reachable", after=round(time.monotonic() - self.failing_since, 1))
+        if self.failing_since is not None:
+            down = time.monotonic() - self.failing_since
+            if not self._unreachable_logged and down >= UNREACHABLE_AFTER:
+                # the retries straddled the threshold: the outage was long all the same
+                self._unreachable_logged = True
+                self.log("node.unreachable", seconds=round(down, 1), errors=self.errors)
+            if self._unreachable_logged:
+                self.log("node.reachable", after=round(down, 1))
         self.failing_since = None
         self._unreachable_logged = False
         self.backoff = 0.0

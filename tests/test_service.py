@@ -365,3 +365,36 @@ def test_health_and_metrics_endpoints_of_a_running_prover(tmp_path: Path) -> Non
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+@pytest.mark.parametrize("retries", [(0.0, 3.0, 9.0), (0.0, 3.0, 10.5)])
+def test_a_long_outage_is_reported_even_when_no_failed_retry_falls_past_the_threshold(
+    retries: tuple[float, ...], monkeypatch
+) -> None:
+    """Failed polls at the given seconds, then one that succeeds at 12.6 s (a doubling backoff
+    can jump from before UNREACHABLE_AFTER to after the node is back): `node.unreachable` is
+    logged once, with the outage's length, before `node.reachable`; a short outage logs
+    neither."""
+    import io
+
+    from refute.bisection import service as service_module
+    from refute.bisection.eventlog import EventLog
+    from refute.bisection.service import UNREACHABLE_AFTER, Service
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(service_module.time, "monotonic", lambda: clock["now"])
+    stream = io.StringIO()
+    service = Service(None, [], EventLog(stream, "watcher"), interval=0.2)  # type: ignore[arg-type]
+    for at in retries:
+        clock["now"] = 1000.0 + at
+        service._failed(object(), ConnectionRefusedError("refused"))  # type: ignore[arg-type]
+    clock["now"] = 1012.6
+    service._recovered()
+    clock["now"] = 1020.0  # a short outage afterwards: nothing but the error
+    service._failed(object(), ConnectionRefusedError("refused"))  # type: ignore[arg-type]
+    clock["now"] = 1021.0
+    service._recovered()
+    names = [e["event"] for e in events(stream.getvalue())]
+    assert names == ["error"] * len(retries) + ["node.unreachable", "node.reachable", "error"]
+    (down,) = [e for e in events(stream.getvalue()) if e["event"] == "node.unreachable"]
+    assert down["seconds"] == (12.6 if retries[-1] < UNREACHABLE_AFTER else retries[-1])
