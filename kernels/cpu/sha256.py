@@ -19,14 +19,13 @@ import ctypes
 import ctypes.util
 import re
 import time
-import types as pytypes
 
 import numba
 import numpy as np
 from llvmlite import binding
 from numba import njit, prange, types
 
-from refute.kernels.cpu.split import PARALLEL_LAUNCH, SplitChooser
+from refute.kernels.cpu.split import PARALLEL_LAUNCH, SplitChooser, compile_variant
 from refute.kernels.reference import CANONICAL_NAN_BITS
 
 _SYMBOLS = ("SHA256_Init", "SHA256_Update", "SHA256_Final")
@@ -178,13 +177,7 @@ def _trees(leaves, first, counts, dtype, zero, out):  # pragma: no cover - compi
         )
 
 
-# the leaf loop twice, renamed (numba's disk cache is keyed by name, not by compile options)
-_LEAVES = {}
-for _parallel in (False, True):
-    _copy = pytypes.FunctionType(_chunk_leaves.__code__, _chunk_leaves.__globals__,
-                                 "_chunk_leaves", _chunk_leaves.__defaults__)  # fmt: skip
-    _copy.__qualname__ = f"_chunk_leaves_{'parallel' if _parallel else 'serial'}"
-    _LEAVES[_parallel] = njit(cache=True, nogil=True, parallel=_parallel)(_copy)
+_LEAVES = {p: compile_variant(_chunk_leaves, p, cache=True, nogil=True) for p in (False, True)}
 
 
 @njit(cache=True, nogil=True)

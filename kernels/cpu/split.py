@@ -12,7 +12,8 @@ stake.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+import types
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 TRIALS = 3
@@ -28,6 +29,19 @@ PARALLEL_LAUNCH = threading.Lock()
 """Held around every launch of a parallel numba kernel: numba's default (workqueue) thread pool
 aborts on launches from two Python threads at once (a watcher's game loop and its model
 worker), so they go one at a time."""
+
+
+def compile_variant(fn: Callable, parallel: bool, **options: object) -> Callable:
+    """`fn` compiled by numba threaded over its prange loops (`parallel`) or serially. numba's
+    on-disk cache is keyed by a function's name and bytecode, not by its compile options, so
+    each variant is a renamed copy (`<name>_parallel`, `<name>_serial`): else one would load the
+    other's code. numba is imported here, on first use, like the kernels."""
+    from numba import njit
+
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
+    copy.__qualname__ = f"{fn.__qualname__}_{'parallel' if parallel else 'serial'}"
+    return njit(parallel=parallel, **options)(copy)
+
 
 ALWAYS_WORK = 1 << 21
 """Multiply-adds from which products always run on the threads (also `tree_dot.matmul`'s

@@ -31,8 +31,6 @@ wheels (numba + llvmlite) that support numpy 2.4 — no C toolchain on the watch
 from __future__ import annotations
 
 import math
-import types as pytypes
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +40,7 @@ from numba.extending import intrinsic, overload
 
 from refute.engine.weights import BF16, is_narrow, widen
 from refute.kernels import reference as ref
-from refute.kernels.cpu.split import ALWAYS_WORK, PARALLEL_LAUNCH
+from refute.kernels.cpu.split import ALWAYS_WORK, PARALLEL_LAUNCH, compile_variant
 
 LANES = 16
 """Outputs per panel: one AVX-512 vector of float32 (two AVX2 vectors)."""
@@ -329,20 +327,13 @@ def _gemm_small(x, panels, k, n, out):  # pragma: no cover - compiled
 # Each kernel is compiled twice: threaded over output panels, and serial. A parallel region costs
 # a thread wake-up and a barrier; on an oversubscribed machine a descheduled worker stalls the
 # barrier for a whole time slice, so small products run serially (`PARALLEL_MIN_WORK`).
-# numba's on-disk cache is keyed by the function's name and bytecode, not by the compile
-# options, so each variant is a renamed copy of the function (else one would load the other's).
+# Each variant is a renamed copy (`split.compile_variant`: numba's cache ignores the options).
 _JIT = {"fastmath": False, "cache": True, "nogil": True, "error_model": "numpy"}
-
-
-def _compiled(fn: Callable, parallel: bool) -> Callable:
-    copy = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
-    copy.__qualname__ = f"{fn.__qualname__}_{'parallel' if parallel else 'serial'}"
-    return njit(parallel=parallel, **_JIT)(copy)
 
 
 _fold = njit(**_JIT)(_fold)
 _KERNELS = {
-    (parallel, small): _compiled(fn, parallel)
+    (parallel, small): compile_variant(fn, parallel, **_JIT)
     for parallel in (False, True)
     for small, fn in ((False, _gemm_panels), (True, _gemm_small))
 }
