@@ -275,8 +275,8 @@ def commit_runs(model: Model, prompt: tuple[int, ...], new: int, repeats: int) -
 
     backend = CPUBackend()  # kernels at once; one backend, so weights are packed once
     rec, plain = Executor(model, backend=backend), Executor(model, backend=backend, record=False)
-    for ex in (rec, plain):  # warm-up: pack the weights, load the kernels
-        ex.generate([Request(prompt, 2)])
+    for ex in (rec, plain):  # warm-up at the measured length: pack the weights, load every
+        ex.generate([Request(prompt, new)])  # kernel variant (a cache past one chunk uses more)
         ex.seconds = {"evaluate": 0.0, "commit": 0.0}
     walls: dict[str, list[float]] = {"rec": [], "plain": []}
     for _ in range(repeats):
