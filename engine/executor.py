@@ -107,7 +107,14 @@ class Executor:
         )
         # the nodes whose outputs are committed at the end of a step (a cache's root grows
         # with the cache instead)
-        self._step_nodes = [i for i in range(len(self.program.nodes)) if i not in self._cache_nodes]
+        # the outputs committed at the end of a step: the float32 ones, then the index ones
+        # (one merkle.tensor_roots call each: a list of one dtype is copied in one numpy call)
+        step = [i for i in range(len(self.program.nodes)) if i not in self._cache_nodes]
+        self._step_nodes = tuple(
+            nodes
+            for index in (False, True)
+            if (nodes := [i for i in step if self.program.nodes[i].outputs_index == index])
+        )
         # per node, what each operand reads: (node output?, index) or a constant's array
         # (built once: hundreds of nodes a position make per-call work the cost)
         self._reads = [
@@ -238,11 +245,12 @@ class Executor:
             seconds["evaluate"] += time.perf_counter() - start - (seconds["commit"] - committed)
         if record:  # every other output of this step committed together (merkle.tensor_roots)
             start = time.perf_counter()
-            step = self._step_nodes
-            done = merkle.tensor_roots([row_outs[k] for row_outs in outs for k in step])
-            for i, row_roots in enumerate(roots):
-                for k, root in zip(step, done[i * len(step) : (i + 1) * len(step)], strict=True):
-                    row_roots[k] = root
+            for step in self._step_nodes:
+                done = merkle.tensor_roots([row_outs[k] for row_outs in outs for k in step])
+                for i, row_roots in enumerate(roots):
+                    row_done = done[i * len(step) : (i + 1) * len(step)]
+                    for k, root in zip(step, row_done, strict=True):
+                        row_roots[k] = root
             seconds["commit"] += time.perf_counter() - start
         return outs, roots
 
@@ -269,8 +277,7 @@ class Executor:
                 outs[i][node_id] = cache.append(result)
                 if record:
                     start = time.perf_counter()
-                    cache.commitment.extend(result)
-                    roots[i][node_id] = cache.commitment.root()
+                    roots[i][node_id] = cache.commitment.extend_root(result)
                     self.seconds["commit"] += time.perf_counter() - start
                 continue
             outs[i][node_id] = result

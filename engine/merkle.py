@@ -11,7 +11,9 @@ neither be truncated nor extended.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -211,11 +213,22 @@ class BatchHasher(Protocol):
         self, frontier: np.ndarray, count: int, position: int, roots: list[bytes], tag: int
     ) -> None: ...
 
-    def append_leaves(self, frontier: np.ndarray, count: int, data: bytes, chunks: int) -> None: ...
+    def grow(
+        self,
+        frontier: np.ndarray,
+        count: int,
+        tail: np.ndarray,
+        tail_words: int,
+        words: np.ndarray,
+        dtype: int,
+        length: int,
+        zero: np.ndarray,
+        root: bool,
+    ) -> tuple[int, int, bytes]: ...
 
     def growing_root(
-        self, frontier: np.ndarray, count: int, tail: bytes, dtype: int, length: int,
-        zero: np.ndarray,
+        self, frontier: np.ndarray, count: int, tail: np.ndarray, tail_words: int, dtype: int,
+        length: int, zero: np.ndarray,
     ) -> bytes: ...  # fmt: skip
 
 
@@ -240,6 +253,7 @@ _CHUNK_VALUES = CHUNK_BYTES // 4
 _PARALLEL_VALUES = _PARALLEL_BYTES // 4
 _F32 = np.dtype(np.float32)
 _U32 = np.dtype(np.uint32)
+_size = operator.attrgetter("size")
 _ZERO_CHUNK = np.zeros(_CHUNK_VALUES, dtype=np.float32)  # +0.0: all-zero bits, the padding
 _BIND_PREFIX: dict[int, bytes] = {}  # element count -> 0x02 || float32 || count
 
@@ -325,9 +339,40 @@ def tensor_roots(tensors: Sequence[np.ndarray]) -> list[bytes]:
     return roots
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(words: int) -> np.ndarray:
+    """A uint32 buffer of `words` words, this thread's, reused from step to step: a fresh
+    buffer of a prefill step's outputs (~10 MB at 134M parameters) cost a page fault per 4 KiB
+    on every step, more than copying into it."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < words:
+        buf = _SCRATCH.buf = np.empty(max(words, 2 * (0 if buf is None else buf.size)), np.uint32)
+    return buf[:words]
+
+
 def _batched_tensor_roots(batch: BatchHasher, tensors: Sequence[np.ndarray]) -> list[bytes]:
     """tensor_roots through `batch`: the float32 tensors, then the uint32 ones, copied end to
-    end (the compiled loop pads each one's last chunk); anything else through `tensor_root`."""
+    end (the compiled loop pads each one's last chunk); anything else through `tensor_root`.
+
+    A list of arrays of one dtype (what the executor commits: a step's float32 outputs, then
+    its index outputs) is copied by numpy in one call, which checks every dtype itself: the
+    outputs are cold by then (the step's weight streaming evicted them), so every pass over
+    the list costs a cache miss per array, and per-array Python work was most of the cost."""
+    first = tensors[0] if tensors else None
+    if isinstance(first, np.ndarray) and (first.dtype == _F32 or first.dtype == _U32):
+        dtype = first.dtype
+        try:
+            counts = np.fromiter(map(_size, tensors), dtype=np.int64, count=len(tensors))
+            words = _scratch(int(counts.sum()))
+            np.concatenate(tensors, axis=None, out=words.view(dtype), casting="no")
+        except (TypeError, AttributeError, ValueError):  # not all arrays of one dtype
+            pass
+        else:
+            kind = DTYPE_F32 if dtype == _F32 else DTYPE_U32
+            raw = batch.tensor_roots(words, counts, kind, _ZERO_ROWS)
+            return [raw[k : k + 32] for k in range(0, len(raw), 32)]
     roots = [EMPTY] * len(tensors)
     kinds: tuple[list[int], list[int]] = ([], [])  # indices of the float32, the uint32 tensors
     f32, u32, most = _F32, _U32, _PARALLEL_VALUES
@@ -468,35 +513,57 @@ class IncrementalTree:
 class GrowingTensor:
     """A tensor that only grows at its end (a KV cache), committed in O(new bytes + log n).
 
-    Full chunks go into an IncrementalTree; the bytes of the partial last chunk wait in `tail`.
+    Full chunks go into an IncrementalTree; the words of the partial last chunk wait in `tail`
+    (its first `tail_words`). With a `BatchHasher` an append, and its new root, is one compiled
+    call: a model's caches are appended to every position, so per-call work is their cost.
     """
 
     def __init__(self, dtype: int = DTYPE_F32) -> None:
         self.dtype = dtype
         self.tree = IncrementalTree()
-        self.tail = b""
+        self.tail = np.zeros(_CHUNK_VALUES, dtype=np.uint32)
+        self.tail_words = 0
         self.length = 0
 
     def extend(self, values: np.ndarray) -> None:
-        dtype, data = encode(values)
-        if dtype != self.dtype:
-            raise CommitmentError("a growing tensor keeps one dtype")
-        self.length += len(data) // 4
-        data = self.tail + bytes(data)
-        full = len(data) - len(data) % CHUNK_BYTES
-        if _batch is not None:
-            tree = self.tree
-            _batch.append_leaves(tree.frontier, tree.count, data, full // CHUNK_BYTES)
-            tree.count += full // CHUNK_BYTES
-        else:
-            for leaf in chunk_leaves(data[:full]):
-                self.tree.append(leaf)
-        self.tail = data[full:]
+        self._append(values, root=False)
+
+    def extend_root(self, values: np.ndarray) -> bytes:
+        """`extend`, then the new `root()`."""
+        return self._append(values, root=True)
 
     def root(self) -> bytes:
+        tree = self.tree
         if _batch is not None:
-            tree = self.tree
-            return _batch.growing_root(tree.frontier, tree.count, self.tail, self.dtype,
-                                       self.length, _ZERO_ROWS)  # fmt: skip
-        extra = chunk_leaves(self.tail)[0] if self.tail else None
-        return bind_tensor(self.dtype, self.length, self.tree.root(extra))
+            return _batch.growing_root(tree.frontier, tree.count, self.tail, self.tail_words,
+                                       self.dtype, self.length, _ZERO_ROWS)  # fmt: skip
+        extra = _leaf(self.tail[: self.tail_words].tobytes()) if self.tail_words else None
+        return bind_tensor(self.dtype, self.length, tree.root(extra))
+
+    def _append(self, values: np.ndarray, root: bool) -> bytes:
+        arr = np.asarray(values)
+        if _batch is not None and (arr.dtype == _F32 or arr.dtype == _U32):
+            # the raw bits: the compiled loop makes NaNs canonical as it copies them
+            dtype, words = (DTYPE_F32 if arr.dtype == _F32 else DTYPE_U32), arr.reshape(-1)
+            words = words.view(np.uint32)
+        else:
+            dtype, data = encode(arr)
+            words = np.frombuffer(data, dtype=np.uint32)
+        if dtype != self.dtype:
+            raise CommitmentError("a growing tensor keeps one dtype")
+        self.length += words.size
+        tree = self.tree
+        if _batch is not None:
+            tree.count, self.tail_words, digest = _batch.grow(
+                tree.frontier, tree.count, self.tail, self.tail_words, words, dtype,
+                self.length, _ZERO_ROWS, root,
+            )  # fmt: skip
+            return digest
+        data = self.tail[: self.tail_words].tobytes() + words.tobytes()
+        full = len(data) - len(data) % CHUNK_BYTES
+        for leaf in chunk_leaves(data[:full]):
+            tree.append(leaf)
+        rest = np.frombuffer(data[full:], dtype=np.uint32)
+        self.tail[: rest.size] = rest
+        self.tail_words = rest.size
+        return self.root() if root else b""

@@ -10,13 +10,14 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from refute.engine import merkle
 from refute.engine.checkpoint import builtin_model
 from refute.engine.executor import Executor, Request, summary
 from refute.engine.trace import TAG_RECORD, Trace, record_leaf, record_leaves
+from refute.errors import CommitmentError
 from refute.kernels.cpu import sha256
 from tests.test_commit_batch import SPECIAL_BITS, definition_root, tensors
 
@@ -38,6 +39,26 @@ def test_tensor_roots_are_the_definition(batch: list[np.ndarray]) -> None:
     with hashing(sha256):
         got = merkle.tensor_roots(batch)
     assert got == [definition_root(t) for t in batch]
+
+
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(0, 700), min_size=1, max_size=40))
+@example(seed=0, sizes=[256, 0, 1, 257])
+def test_tensor_roots_of_one_dtype_are_the_definition(seed: int, sizes: list[int]) -> None:
+    """What the executor commits a step as: all float32 (NaN payloads, strided views, 0-d),
+    all uint32, and those lists with one array of the other dtype (the general path), or one
+    that `tensor_root` refuses (big-endian, float64, a list), refused alike."""
+    rng = np.random.default_rng(seed)
+    special = np.array(SPECIAL_BITS, np.uint32)
+    f32 = [rng.choice(special, n).view(np.float32) for n in sizes]
+    f32[0] = np.repeat(f32[0], 2)[::2]  # not contiguous
+    f32.append(np.float32(np.nan) * np.ones((), np.float32))
+    u32 = [rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32) for n in sizes]
+    for batch in (f32, u32, [*f32, u32[0]], [*u32, f32[-1]]):
+        with hashing(sha256):
+            assert merkle.tensor_roots(batch) == [definition_root(t) for t in batch]
+    for odd in (np.arange(3, dtype=">f4"), np.arange(3, dtype=np.float64), [1.0]):
+        with hashing(sha256), pytest.raises(CommitmentError):
+            merkle.tensor_roots([*f32, odd])
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -103,18 +124,23 @@ def test_a_trace_grows_to_the_same_root(positions: list[list[bytes]]) -> None:
 @given(
     st.lists(st.integers(0, 700), min_size=1, max_size=12),
     st.integers(0, 2**32 - 1),
+    st.sampled_from([np.float32, np.uint32]),
 )
-def test_growing_tensor_roots_match(rows: list[int], seed: int) -> None:
-    """A cache grown by rows of any length (NaNs included) has, after every row, the root of
-    the whole tensor, on both paths."""
+@example(rows=[68, 700], seed=0, dtype=np.float32)  # a row that ends on a chunk boundary
+def test_growing_tensor_roots_match(rows: list[int], seed: int, dtype: type) -> None:
+    """A cache grown by rows of any length (NaNs included; some rows strided views) has, after
+    every row, the root of the whole tensor, on both paths and through extend_root too; NaNs
+    are made canonical in the commitment only, never in the row."""
     rng = np.random.default_rng(seed)
-    plain, fast = merkle.GrowingTensor(), merkle.GrowingTensor()
-    grown = np.zeros(0, dtype=np.float32)
+    code = merkle.DTYPE_F32 if dtype is np.float32 else merkle.DTYPE_U32
+    plain, fast, both = (merkle.GrowingTensor(code) for _ in range(3))
+    grown = np.zeros(0, dtype=dtype)
     for n in rows:
-        bits = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+        bits = rng.integers(0, 2**32, 2 * n, dtype=np.uint64).astype(np.uint32)
         if n:
-            bits[rng.integers(0, n, max(1, n // 4))] = rng.choice(SPECIAL_BITS, max(1, n // 4))
-        row = bits.view(np.float32)
+            bits[rng.integers(0, 2 * n, max(1, n // 2))] = rng.choice(SPECIAL_BITS, max(1, n // 2))
+        row = bits.view(dtype)[::2] if n % 3 == 0 else bits.view(dtype)[:n]
+        kept = row.copy()
         grown = np.concatenate([grown, row])
         with hashing(None):
             plain.extend(row)
@@ -122,7 +148,9 @@ def test_growing_tensor_roots_match(rows: list[int], seed: int) -> None:
         with hashing(sha256):
             fast.extend(row)
             got = fast.root()
-        assert got == want == definition_root(grown)
+            at_once = both.extend_root(row)
+        assert got == want == at_once == definition_root(grown)
+        assert row.view(np.uint32).tolist() == kept.view(np.uint32).tolist()
 
 
 def test_a_generation_has_the_same_roots_either_way() -> None:

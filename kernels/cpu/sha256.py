@@ -212,30 +212,15 @@ def _append_records(position, roots, count, frontier, tag):  # pragma: no cover 
 
 
 @njit(cache=True, nogil=True)
-def _append_leaves(data, chunks, count, frontier):  # pragma: no cover - compiled
-    """Append the leaves H(0x00 || chunk) of the first `chunks` 1 KiB chunks of `data`."""
-    state = np.empty(_CTX_BYTES, np.uint8)
-    msg = np.zeros(80, np.uint8)
-    pad = np.zeros(1024, np.uint8)
-    node = np.empty(32, np.uint8)
-    ctx, base = state.ctypes.data, data.ctypes.data
-    for c in range(chunks):
-        _leaf(ctx, msg, pad, base + 1024 * c, 1024, node.ctypes.data)
-        _climb(ctx, msg, node, count + c, frontier)
-
-
-@njit(cache=True, nogil=True)
-def _growing_root(frontier, count, tail, dtype, length, zero, out):  # pragma: no cover
-    """out = bind(dtype, length, root of the tree's leaves plus the zero-padded `tail` chunk
-    as one more leaf if non-empty): merkle.GrowingTensor.root."""
-    state = np.empty(_CTX_BYTES, np.uint8)
-    msg = np.zeros(80, np.uint8)
-    pad = np.zeros(1024, np.uint8)
-    node = np.zeros(32, np.uint8)
-    ctx, nd = state.ctypes.data, node.ctypes.data
-    extra = tail.size > 0
+def _root_of(ctx, msg, pad, node, frontier, count, tail, tail_words, dtype, length, zero, dst):
+    """dst = bind(dtype, length, root of the tree's `count` leaves plus, if tail_words > 0, the
+    zero-padded chunk of the first tail_words words of `tail` as one more leaf)."""
+    nd = node.ctypes.data
+    extra = tail_words > 0
     if extra:
-        _leaf(ctx, msg, pad, tail.ctypes.data, tail.size, nd)
+        _leaf(ctx, msg, pad, tail.ctypes.data, 4 * tail_words, nd)
+    else:
+        node[:] = 0  # EMPTY: the right child while no leaf has been climbed past
     total = count + (1 if extra else 0)
     depth = 0
     while (1 << depth) < total:
@@ -255,7 +240,46 @@ def _growing_root(frontier, count, tail, dtype, length, zero, out):  # pragma: n
                 for b in range(32):
                     node[b] = zero[h + 1, b]
             n >>= 1
-    _bind(ctx, msg, dtype, length, node, out.ctypes.data)
+    _bind(ctx, msg, dtype, length, node, dst)
+
+
+@njit(cache=True, nogil=True)
+def _grow(frontier, count, tail, tail_words, words, dtype, length, zero, out):  # pragma: no cover
+    """Append `words` to a growing tensor through its partial last chunk `tail` (its first
+    tail_words words are data; float32 NaNs made canonical as they are copied in), each chunk
+    it completes a leaf of the tree; then, if `out` has room, the root into it. Returns the
+    new (count, tail_words)."""
+    state = np.empty(_CTX_BYTES, np.uint8)
+    msg = np.zeros(80, np.uint8)
+    pad = np.zeros(1024, np.uint8)
+    node = np.empty(32, np.uint8)
+    ctx, base, nd = state.ctypes.data, tail.ctypes.data, node.ctypes.data
+    for i in range(words.size):
+        w = words[i]
+        if dtype == 0 and (w & 0x7FFFFFFF) > 0x7F800000:
+            w = CANONICAL_NAN_BITS
+        tail[tail_words] = w
+        tail_words += 1
+        if tail_words == 256:
+            _leaf(ctx, msg, pad, base, 1024, nd)
+            _climb(ctx, msg, node, count, frontier)
+            count += 1
+            tail_words = 0
+    if out.size:
+        _root_of(ctx, msg, pad, node, frontier, count, tail, tail_words, dtype, length, zero,
+                 out.ctypes.data)  # fmt: skip
+    return count, tail_words
+
+
+@njit(cache=True, nogil=True)
+def _growing_root(frontier, count, tail, tail_words, dtype, length, zero, out):  # pragma: no cover
+    """out = merkle.GrowingTensor.root: its tree, the partial last chunk as one more leaf."""
+    state = np.empty(_CTX_BYTES, np.uint8)
+    msg = np.zeros(80, np.uint8)
+    pad = np.zeros(1024, np.uint8)
+    node = np.zeros(32, np.uint8)
+    _root_of(state.ctypes.data, msg, pad, node, frontier, count, tail, tail_words, dtype, length,
+             zero, out.ctypes.data)  # fmt: skip
 
 
 def tensor_roots(words: np.ndarray, counts: np.ndarray, dtype: int, zero: np.ndarray) -> bytes:
@@ -292,15 +316,23 @@ def append_records(
     _append_records(position, rows, count, frontier, tag)
 
 
-def append_leaves(frontier: np.ndarray, count: int, data: bytes, chunks: int) -> None:
-    """Append the leaves of the first `chunks` 1 KiB chunks of `data` to the tree, in place."""
-    _append_leaves(np.frombuffer(data, np.uint8), chunks, count, frontier)
+def grow(
+    frontier: np.ndarray, count: int, tail: np.ndarray, tail_words: int, words: np.ndarray,
+    dtype: int, length: int, zero: np.ndarray, root: bool,
+) -> tuple[int, int, bytes]:  # fmt: skip
+    """merkle.GrowingTensor's append of `words` (uint32, the tensor's bits; float32 NaNs are
+    made canonical in the copy), in place: the new (count, tail_words), and with `root` the
+    root at the new `length` (else b"")."""
+    out = np.empty(32 if root else 0, np.uint8)
+    count, tail_words = _grow(frontier, count, tail, tail_words, words, dtype, length, zero, out)
+    return count, tail_words, out.tobytes()
 
 
 def growing_root(
-    frontier: np.ndarray, count: int, tail: bytes, dtype: int, length: int, zero: np.ndarray
-) -> bytes:
-    """merkle.GrowingTensor.root: its tree, the partial `tail` chunk as one more leaf."""
+    frontier: np.ndarray, count: int, tail: np.ndarray, tail_words: int, dtype: int, length: int,
+    zero: np.ndarray,
+) -> bytes:  # fmt: skip
+    """merkle.GrowingTensor.root: its tree, the partial last chunk as one more leaf."""
     out = np.empty(32, np.uint8)
-    _growing_root(frontier, count, np.frombuffer(tail, np.uint8), dtype, length, zero, out)
+    _growing_root(frontier, count, tail, tail_words, dtype, length, zero, out)
     return out.tobytes()
