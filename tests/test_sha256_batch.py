@@ -62,13 +62,25 @@ def test_tensor_roots_of_one_dtype_are_the_definition(seed: int, sizes: list[int
 
 
 @pytest.mark.parametrize("parallel", [False, True])
-def test_chunk_leaves_threaded_or_serial_are_the_definition(parallel: bool, monkeypatch) -> None:
-    """The chunk leaves on numba's threads (in parts) or serially: the same roots, NaN payloads
-    made canonical across part boundaries, for enough chunks that every part holds several."""
+@pytest.mark.parametrize("layout", ["random", "empty at the ends", "all empty", "one large", "few"])
+def test_tensor_roots_threaded_or_serial_are_the_definition(
+    parallel: bool, layout: str, monkeypatch
+) -> None:
+    """A step's roots on numba's threads (parts of whole tensors, about equal chunks each) or
+    serially: the same roots, NaN payloads made canonical, whatever the parts get: many
+    tensors of any size, empty ones first and last (they start where the chunks end), none but
+    empty ones, one tensor of most of the chunks among small ones, fewer tensors than parts."""
     monkeypatch.setattr(sha256._SPLIT, "choose", lambda key, work, threads: parallel)
     rng = np.random.default_rng(5)
     bits = rng.choice(np.array(SPECIAL_BITS, np.uint32), 40_000)
-    batch = [bits.view(np.float32)[: int(n)] for n in rng.integers(0, 3000, 60)]
+    sizes = {
+        "random": rng.integers(0, 3000, 60),
+        "empty at the ends": [0, 0, *rng.integers(1, 3000, 30), 0, 0, 0],
+        "all empty": [0] * 20,
+        "one large": [3, 1, 38_000, *rng.integers(1, 40, 25)],
+        "few": [1, 700, 256],
+    }[layout]
+    batch = [bits.view(np.float32)[: int(n)] for n in sizes]
     with hashing(sha256):
         got = merkle.tensor_roots(batch)
     assert got == [definition_root(t) for t in batch]

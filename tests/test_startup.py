@@ -72,7 +72,7 @@ def test_second_process_loads_the_kernels_from_the_disk_cache(tmp_path) -> None:
     assert sum(hits for hits, _ in report2["stats"].values()) >= 2  # the dot and silu kernels
     assert report2["stats"]["_evaluate"][0] >= 1  # the non-dot node loop (kernels/cpu/nodes.py)
     if not sha256.UNAVAILABLE:  # the step commitments' kernels (libcrypto found) load too
-        hashing = ("_chunk_leaves_serial", "_trees", "_append_records", "_grow")
+        hashing = ("_roots_in_parts_serial", "_append_records", "_grow")
         assert all(report2["stats"][name][0] >= 1 for name in hashing), report2["stats"]
     assert second["trace_root"] == first["trace_root"]
 

@@ -135,49 +135,51 @@ def _leaf_table(counts):  # pragma: no cover - compiled
     return first, start, words
 
 
-def _chunk_leaves(words, start, sizes, canonical, leaves):  # pragma: no cover - compiled
-    """leaves[c] = H(0x00 || chunk c, zero-padded to 1 KiB), float32 NaNs in it made canonical
-    first (`canonical`); the chunks in a few contiguous parts, each with its own context (the
-    parts run on numba's threads in the parallel variant)."""
-    n = start.size
-    parts = min(n, 16)
+@njit(cache=True, nogil=True)
+def _tree_and_bind(ctx, msg, empty, leaves, lo, hi, count, dtype, zero, dst):  # pragma: no cover
+    """dst = bind(dtype, count, tree over the leaves[lo:hi] of one tensor, EMPTY if none), the
+    tree built in place over those rows (node i is written after 2i and 2i+1 are read)."""
+    level = leaves[lo:hi]
+    n, h = hi - lo, 0
+    while n > 1:
+        half = (n + 1) // 2
+        for i in range(half):
+            right = level[2 * i + 1] if 2 * i + 1 < n else zero[h]
+            _node(ctx, msg, level[2 * i], right, level[i].ctypes.data)
+        n = half
+        h += 1
+    _bind(ctx, msg, dtype, count, level[0] if n else empty, dst)
+
+
+def _roots_in_parts(
+    words, first, start, sizes, counts, dtype, zero, leaves, out
+):  # pragma: no cover
+    """out[j] = tensor j's root: its chunk leaves H(0x00 || chunk, zero-padded to 1 KiB), float32
+    NaNs in them made canonical first, its tree and its bind. The tensors go in a few contiguous
+    parts of about equal numbers of chunks, each with its own context (the parts run on numba's
+    threads in the parallel variant): the trees and binds are split with the leaves."""
+    tensors, chunks = counts.size, start.size
+    parts = max(1, min(tensors, 16))
+    bounds = np.searchsorted(first[:tensors], np.arange(parts + 1) * chunks // parts)
+    bounds[0], bounds[parts] = 0, tensors  # trailing empty tensors start at `chunks` too
     pad = np.zeros(1024, np.uint8)
+    empty = np.zeros(32, np.uint8)
     for part in prange(parts):
         state = np.empty(_CTX_BYTES, np.uint8)
         msg = np.zeros(80, np.uint8)
         ctx, base = state.ctypes.data, words.ctypes.data
-        for c in range(part * n // parts, (part + 1) * n // parts):
-            if canonical:
-                for i in range(start[c], start[c] + sizes[c]):
-                    if (words[i] & 0x7FFFFFFF) > 0x7F800000:
-                        words[i] = CANONICAL_NAN_BITS
-            _leaf(ctx, msg, pad, base + 4 * start[c], 4 * sizes[c], leaves[c].ctypes.data)
+        for j in range(bounds[part], bounds[part + 1]):
+            for c in range(first[j], first[j + 1]):
+                if dtype == 0:
+                    for i in range(start[c], start[c] + sizes[c]):
+                        if (words[i] & 0x7FFFFFFF) > 0x7F800000:
+                            words[i] = CANONICAL_NAN_BITS
+                _leaf(ctx, msg, pad, base + 4 * start[c], 4 * sizes[c], leaves[c].ctypes.data)
+            _tree_and_bind(ctx, msg, empty, leaves, first[j], first[j + 1], counts[j], dtype,
+                           zero, out.ctypes.data + 32 * j)  # fmt: skip
 
 
-@njit(cache=True, nogil=True)
-def _trees(leaves, first, counts, dtype, zero, out):  # pragma: no cover - compiled
-    """out[j] = bind(dtype, counts[j], tree over tensor j's leaves), each tree built in place
-    over its own rows of `leaves` (node i is written after 2i and 2i+1 are read)."""
-    state = np.empty(_CTX_BYTES, np.uint8)
-    msg = np.zeros(80, np.uint8)
-    empty = np.zeros(32, np.uint8)
-    ctx = state.ctypes.data
-    for j in range(counts.size):
-        level = leaves[first[j] : first[j + 1]]
-        n, h = level.shape[0], 0
-        while n > 1:
-            half = (n + 1) // 2
-            for i in range(half):
-                right = level[2 * i + 1] if 2 * i + 1 < n else zero[h]
-                _node(ctx, msg, level[2 * i], right, level[i].ctypes.data)
-            n = half
-            h += 1
-        _bind(
-            ctx, msg, dtype, counts[j], level[0] if counts[j] else empty, out.ctypes.data + 32 * j
-        )
-
-
-_LEAVES = {p: compile_variant(_chunk_leaves, p, cache=True, nogil=True) for p in (False, True)}
+_ROOTS = {p: compile_variant(_roots_in_parts, p, cache=True, nogil=True) for p in (False, True)}
 
 
 @njit(cache=True, nogil=True)
@@ -287,9 +289,8 @@ def tensor_roots(words: np.ndarray, counts: np.ndarray, dtype: int, zero: np.nda
     and counts[j] elements laid end to end in `words` (uint32; modified: float32 NaNs made
     canonical); `zero[h]` the empty subtree of height h. merkle.tensor_roots lays them out.
 
-    The chunk leaves (most of the bytes hashed) go on numba's threads when that was faster
-    here for this many chunks (`split.SplitChooser`, work = bytes hashed); the trees and binds
-    follow serially."""
+    The work goes on numba's threads, in parts of whole tensors, when that was faster here for
+    this many chunks (`split.SplitChooser`, work = bytes hashed)."""
     out = np.empty((counts.size, 32), np.uint8)
     first, start, sizes = _leaf_table(counts)
     leaves = np.empty((start.size, 32), np.uint8)
@@ -298,11 +299,10 @@ def tensor_roots(words: np.ndarray, counts: np.ndarray, dtype: int, zero: np.nda
     began = time.perf_counter()
     if parallel:
         with PARALLEL_LAUNCH:
-            _LEAVES[True](words, start, sizes, dtype == 0, leaves)
+            _ROOTS[True](words, first, start, sizes, counts, dtype, zero, leaves, out)
     else:
-        _LEAVES[False](words, start, sizes, dtype == 0, leaves)
+        _ROOTS[False](words, first, start, sizes, counts, dtype, zero, leaves, out)
     _SPLIT.record(key, parallel, time.perf_counter() - began)
-    _trees(leaves, first, counts, dtype, zero, out)
     return out.tobytes()
 
 
