@@ -340,15 +340,22 @@ def tensor_roots(tensors: Sequence[np.ndarray]) -> list[bytes]:
 
 
 _SCRATCH = threading.local()
+SCRATCH_KEEP_WORDS = 1 << 24
+"""The largest buffer `_scratch` keeps between calls (64 MiB); larger steps (a long prompt's
+prefill) get a buffer of their own, freed with the step, so a long-lived process does not hold
+its largest step's copy forever."""
 
 
 def _scratch(words: int) -> np.ndarray:
     """A uint32 buffer of `words` words, this thread's, reused from step to step: a fresh
     buffer of a prefill step's outputs (~10 MB at 134M parameters) cost a page fault per 4 KiB
     on every step, more than copying into it."""
+    if words > SCRATCH_KEEP_WORDS:
+        return np.empty(words, np.uint32)
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.size < words:
-        buf = _SCRATCH.buf = np.empty(max(words, 2 * (0 if buf is None else buf.size)), np.uint32)
+        grown = 2 * (0 if buf is None else buf.size)
+        buf = _SCRATCH.buf = np.empty(min(SCRATCH_KEEP_WORDS, max(words, grown)), np.uint32)
     return buf[:words]
 
 

@@ -5,6 +5,7 @@ merkle.py's own hashlib path, for random sizes, NaN payloads, odd row lengths an
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -59,6 +60,22 @@ def test_tensor_roots_of_one_dtype_are_the_definition(seed: int, sizes: list[int
     for odd in (np.arange(3, dtype=">f4"), np.arange(3, dtype=np.float64), [1.0]):
         with hashing(sha256), pytest.raises(CommitmentError):
             merkle.tensor_roots([*f32, odd])
+
+
+def test_the_copy_buffer_is_reused_but_never_kept_past_its_cap(monkeypatch) -> None:
+    """A step is copied into this thread's buffer, reused while steps fit under the cap; a
+    larger step gets a buffer of its own, and the kept one stays within the cap. The roots are
+    the definition's either way."""
+    monkeypatch.setattr(merkle, "SCRATCH_KEEP_WORDS", 1000)
+    monkeypatch.setattr(merkle, "_SCRATCH", threading.local())
+    rng = np.random.default_rng(3)
+    for sizes in ([300, 200], [100], [2500, 10], [700, 300], [1]):
+        batch = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+        with hashing(sha256):
+            assert merkle.tensor_roots(batch) == [definition_root(t) for t in batch]
+        kept = merkle._SCRATCH.buf
+        assert sum(sizes) <= kept.size <= 1000 or sum(sizes) > 1000 >= kept.size
+    assert merkle._SCRATCH.buf.size == 1000
 
 
 @pytest.mark.parametrize("parallel", [False, True])
