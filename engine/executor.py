@@ -105,10 +105,9 @@ class Executor:
         self._cache_nodes = frozenset(
             i for i, node in enumerate(self.program.nodes) if node.op == Op.CACHE_APPEND
         )
-        # the nodes whose outputs are committed at the end of a step (a cache's root grows
-        # with the cache instead)
-        # the outputs committed at the end of a step: the float32 ones, then the index ones
-        # (one merkle.tensor_roots call each: a list of one dtype is copied in one numpy call)
+        # the outputs committed at the end of a step (a cache's root grows with the cache
+        # instead): the float32 ones, then the index ones (one merkle.tensor_roots call each: a
+        # list of one dtype is copied in one numpy call)
         step = [i for i in range(len(self.program.nodes)) if i not in self._cache_nodes]
         self._step_nodes = tuple(
             nodes

@@ -125,7 +125,8 @@ PREFETCH_BYTES = 8192
 """How far ahead of the weights being summed a GEMV asks for them (software prefetch, one
 request per 64-byte line). The hardware prefetcher alone kept one core's weight stream at
 21-25 GB/s on a Zen 5 EPYC, where BLAS streams 34-38; 8 KiB ahead gave 31-38 GB/s
-(docs/performance.md). A prefetch changes no bit; one past the panels' end is dropped."""
+(docs/performance.md). A prefetch changes no bit, and one past the panels' end is harmless
+(it never faults). Read when the kernels compile."""
 
 
 @intrinsic
