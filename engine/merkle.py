@@ -360,26 +360,19 @@ def _scratch(words: int) -> np.ndarray:
 
 
 def _batched_tensor_roots(batch: BatchHasher, tensors: Sequence[np.ndarray]) -> list[bytes]:
-    """tensor_roots through `batch`: the float32 tensors, then the uint32 ones, copied end to
-    end (the compiled loop pads each one's last chunk); anything else through `tensor_root`.
+    """tensor_roots through `batch`: the float32 tensors, then the uint32 ones, each kind in one
+    compiled call (`_one_dtype_roots`); anything else through `tensor_root`.
 
     A list of arrays of one dtype (what the executor commits: a step's float32 outputs, then
-    its index outputs) is copied by numpy in one call, which checks every dtype itself: the
-    outputs are cold by then (the step's weight streaming evicted them), so every pass over
-    the list costs a cache miss per array, and per-array Python work was most of the cost."""
+    its index outputs) goes in one call with no pass over it in Python: the outputs are cold
+    by then (the step's weight streaming evicted them), so every pass over the list costs a
+    cache miss per array, and per-array Python work was most of the cost."""
     first = tensors[0] if tensors else None
     if isinstance(first, np.ndarray) and (first.dtype == _F32 or first.dtype == _U32):
-        dtype = first.dtype
         try:
-            counts = np.fromiter(map(_size, tensors), dtype=np.int64, count=len(tensors))
-            words = _scratch(int(counts.sum()))
-            np.concatenate(tensors, axis=None, out=words.view(dtype), casting="no")
+            return _one_dtype_roots(batch, tensors, first.dtype)
         except (TypeError, AttributeError, ValueError):  # not all arrays of one dtype
             pass
-        else:
-            kind = DTYPE_F32 if dtype == _F32 else DTYPE_U32
-            raw = batch.tensor_roots(words, counts, kind, _ZERO_ROWS)
-            return [raw[k : k + 32] for k in range(0, len(raw), 32)]
     roots = [EMPTY] * len(tensors)
     kinds: tuple[list[int], list[int]] = ([], [])  # indices of the float32, the uint32 tensors
     f32, u32, most = _F32, _U32, _PARALLEL_VALUES
@@ -391,16 +384,26 @@ def _batched_tensor_roots(batch: BatchHasher, tensors: Sequence[np.ndarray]) -> 
             kinds[DTYPE_U32].append(i)
         else:
             roots[i] = tensor_root(a)
-    for dtype, picked in enumerate(kinds):
-        if not picked:
-            continue
-        flat = [a if a.ndim == 1 else a.reshape(-1) for a in (tensors[i] for i in picked)]
-        counts = np.array([a.size for a in flat], dtype=np.int64)
-        words = np.concatenate(flat).view(np.uint32)  # a copy: NaNs are made canonical in it
-        raw = batch.tensor_roots(words, counts, dtype, _ZERO_ROWS)
-        for i, root in zip(picked, [raw[k : k + 32] for k in range(0, len(raw), 32)], strict=True):
-            roots[i] = root
+    for dtype, picked in zip((f32, u32), kinds, strict=True):
+        if picked:
+            done = _one_dtype_roots(batch, [tensors[i] for i in picked], dtype)
+            for i, root in zip(picked, done, strict=True):
+                roots[i] = root
     return roots
+
+
+def _one_dtype_roots(
+    batch: BatchHasher, tensors: Sequence[np.ndarray], dtype: np.dtype
+) -> list[bytes]:
+    """The roots of arrays all of `dtype` (float32 or uint32), copied end to end by one numpy
+    call into this thread's buffer (a copy: NaNs are made canonical in it), which refuses any
+    other dtype itself (TypeError, `casting="no"`); the compiled loop pads each last chunk."""
+    counts = np.fromiter(map(_size, tensors), dtype=np.int64, count=len(tensors))
+    words = _scratch(int(counts.sum()))
+    np.concatenate(tensors, axis=None, out=words.view(dtype), casting="no")
+    kind = DTYPE_F32 if dtype == _F32 else DTYPE_U32
+    raw = batch.tensor_roots(words, counts, kind, _ZERO_ROWS)
+    return [raw[k : k + 32] for k in range(0, len(raw), 32)]
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,14 @@ def _leaf_table(counts):  # pragma: no cover - compiled
     return first, start, words
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _canonical(w, dtype):  # pragma: no cover - compiled
+    """The word `w` as committed: a float32 NaN (dtype 0) becomes the canonical NaN."""
+    if dtype == 0 and (w & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint32(CANONICAL_NAN_BITS)
+    return w
+
+
 @njit(cache=True, nogil=True)
 def _tree_and_bind(ctx, msg, empty, leaves, lo, hi, count, dtype, zero, dst):  # pragma: no cover
     """dst = bind(dtype, count, tree over the leaves[lo:hi] of one tensor, EMPTY if none), the
@@ -172,8 +180,7 @@ def _roots_in_parts(
             for c in range(first[j], first[j + 1]):
                 if dtype == 0:
                     for i in range(start[c], start[c] + sizes[c]):
-                        if (words[i] & 0x7FFFFFFF) > 0x7F800000:
-                            words[i] = CANONICAL_NAN_BITS
+                        words[i] = _canonical(words[i], dtype)
                 _leaf(ctx, msg, pad, base + 4 * start[c], 4 * sizes[c], leaves[c].ctypes.data)
             _tree_and_bind(ctx, msg, empty, leaves, first[j], first[j + 1], counts[j], dtype,
                            zero, out.ctypes.data + 32 * j)  # fmt: skip
@@ -257,10 +264,7 @@ def _grow(frontier, count, tail, tail_words, words, dtype, length, zero, out):  
     node = np.empty(32, np.uint8)
     ctx, base, nd = state.ctypes.data, tail.ctypes.data, node.ctypes.data
     for i in range(words.size):
-        w = words[i]
-        if dtype == 0 and (w & 0x7FFFFFFF) > 0x7F800000:
-            w = CANONICAL_NAN_BITS
-        tail[tail_words] = w
+        tail[tail_words] = _canonical(words[i], dtype)
         tail_words += 1
         if tail_words == 256:
             _leaf(ctx, msg, pad, base, 1024, nd)
