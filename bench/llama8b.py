@@ -163,6 +163,7 @@ def measure(directory: Path) -> dict:
         "decode_s_per_token": round(decode, 2), "decode_tokens_per_s": round(1 / decode, 3),
         "generate_s": round(total, 2), "evaluate_s": round(executor.seconds["evaluate"], 2),
         "commit_s": round(executor.seconds["commit"], 2),
+        "commit_background_s": round(executor.seconds["commit_background"], 2),
         "backend": type(executor.backend).__name__, "peak_rss_mb": peak_rss_mb(),
     }  # fmt: skip
 

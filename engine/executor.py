@@ -8,13 +8,14 @@ tests check it), because each node's output element is a fixed function of its i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from refute.engine import merkle
+from refute.engine import committer, merkle
 from refute.engine.backend import Backend, GroupRow, ReferenceBackend, Row
 from refute.engine.ir import Op, Src
 from refute.engine.model import Model
@@ -71,6 +72,7 @@ class Generation:
     trace: Trace
     caches: dict[int, Cache] = field(default_factory=dict)
     captured: dict[int, list[np.ndarray]] = field(default_factory=dict)  # node -> per position
+    executed: int = 0  # positions evaluated (the trace catches up when the generation ends)
 
     @property
     def output_tokens(self) -> list[int]:
@@ -90,8 +92,9 @@ class Executor:
         capture: tuple[int, ...] = (),
         tamper: Callable[[int, int, np.ndarray], np.ndarray] | None = None,
     ) -> None:
-        """`tamper(position, node_id, output)` may replace an output before it is committed
-        and used: it simulates a cheating prover in tests and in the demo."""
+        """`record`: commit every output and keep the trace (False: evaluate only; the trace
+        stays empty). `tamper(position, node_id, output)` may replace an output before it is
+        committed and used: it simulates a cheating prover in tests and in the demo."""
         self.model = model
         self.program = model.program
         self.backend = backend or ReferenceBackend()
@@ -125,9 +128,21 @@ class Executor:
             for node in self.program.nodes
         ]  # fmt: skip
         self._selectors = [node.selector for node in self.program.nodes]
-        # accumulated wall time, for reports: computing and keeping outputs, and hashing them
-        # (step outputs, cache roots, trace records)
-        self.seconds = {"evaluate": 0.0, "commit": 0.0}
+        # each step's hashing (its outputs, caches and trace records) goes one step behind on a
+        # thread of its own where the hasher releases the GIL, a core is free and the outputs
+        # are large (engine/committer.py)
+        self._leaves_a_core = getattr(self.backend, "leaves_a_core", _never)
+        # (the chunks of the first position: caches aside, outputs that grow counted at one)
+        position_chunks = sum(
+            -(-math.prod(max(d, 1) for d in self.program.nodes[i].shape) // merkle.CHUNK_VALUES)
+            for nodes in self._step_nodes
+            for i in nodes
+        )
+        self._large_steps = position_chunks >= committer.BACKGROUND_MIN_CHUNKS
+        # accumulated wall time, for reports: computing and keeping outputs; the commitments'
+        # time on this thread (the hashing itself when inline; else handing it over and waiting
+        # for it); and the hashing's own time on the commit thread
+        self.seconds = {"evaluate": 0.0, "commit": 0.0, "commit_background": 0.0}
 
     # --- public ------------------------------------------------------------------------------
 
@@ -139,25 +154,32 @@ class Executor:
     ) -> list[Generation]:
         """Run every request to its max_new_tokens; `on_position(n)` reports n rows done."""
         gens = [self._start(r) for r in requests]
-        if prefill:
-            rows = [(g, t) for g in gens for t in range(len(g.request.prompt))]
-            self._run_rows(rows)
-            if on_position:
-                on_position(len(rows))
-        while True:
-            rows = [(g, g.trace.positions) for g in gens if not g.done]
-            if not rows:
-                return gens
-            self._run_rows(rows)
-            if on_position:
-                on_position(len(rows))
+        commits = committer.Committer(setup=_hash_serially)  # this call's, whatever the thread
+        try:
+            if prefill:
+                rows = [(g, t) for g in gens for t in range(len(g.request.prompt))]
+                self._run_rows(rows, commits)
+                if on_position:
+                    on_position(len(rows))
+            while rows := [(g, g.executed) for g in gens if not g.done]:
+                self._run_rows(rows, commits)
+                if on_position:
+                    on_position(len(rows))
+        except BaseException:
+            commits.close(discard=True)  # no hashing outlives the failed call
+            raise
+        start = time.perf_counter()
+        commits.close()  # every trace complete
+        self.seconds["commit"] += time.perf_counter() - start
+        return gens
 
     def recompute(self, gen: Generation, position: int) -> list[np.ndarray]:
         """Every node's output at `position`, recomputed from the token and the cache prefixes
         (the prover keeps roots, not tensors: this is how it opens any record on demand)."""
-        if not 0 <= position < gen.trace.positions:
+        if not 0 <= position < gen.executed:
             raise ExecutionError(f"position {position} was not executed")
         shadow = Generation(gen.request, gen.tokens[: position + 1], Trace(len(self.program.nodes)))
+        shadow.executed = position
         for node_id, cache in gen.caches.items():
             c = Cache(cache.row_size)
             for r in range(position):
@@ -194,14 +216,12 @@ class Executor:
                 gen.caches[node_id] = Cache(int(np.prod(node.shape[1:])))
         return gen
 
-    def _run_rows(self, rows: list[tuple[Generation, int]]) -> None:
-        outputs, roots = self._evaluate(rows, record=self.record)
-        for (gen, t), outs, row_roots in zip(rows, outputs, roots, strict=True):
-            if t != gen.trace.positions:
+    def _run_rows(self, rows: list[tuple[Generation, int]], commits: committer.Committer) -> None:
+        outputs, appends = self._evaluate(rows, record=self.record)
+        for (gen, t), outs in zip(rows, outputs, strict=True):
+            if t != gen.executed:
                 raise ExecutionError("positions of a sequence must run in order")
-            start = time.perf_counter()  # the records' leaves and the trace tree: commitment
-            gen.trace.add_position(row_roots if self.record else [merkle.EMPTY] * len(outs))
-            self.seconds["commit"] += time.perf_counter() - start
+            gen.executed += 1
             for node_id in self.capture:
                 gen.captured.setdefault(node_id, []).append(outs[node_id].copy())
             if t >= len(gen.request.prompt) - 1 and not gen.done:
@@ -209,19 +229,60 @@ class Executor:
                 if not 0 <= token < self.program.vocab_size:
                     raise ExecutionError(f"sampled token {token} outside the vocabulary")
                 gen.tokens.append(token)
+        if not self.record:
+            return
+        start = time.perf_counter()
+        # on the commit thread where the hashing releases the GIL (compiled), a core is free
+        # and the outputs are large
+        background = (
+            self._large_steps and merkle.batch_hasher() is not None and self._leaves_a_core()
+        )
+        commits.submit(self._commit_job(rows, outputs, appends, background), background)
+        self.seconds["commit"] += time.perf_counter() - start
+
+    def _commit_job(
+        self,
+        rows: list[tuple[Generation, int]],
+        outputs: list[list[np.ndarray]],
+        appends: list[tuple[int, int, merkle.GrowingTensor, np.ndarray]],
+        background: bool,
+    ) -> Callable[[], None]:
+        """The hashing of one step: each appended cache row grows its cache's root, every other
+        output is committed together (merkle.tensor_roots, a call per dtype), and each row's
+        roots become its trace position's records."""
+        n, step_nodes = len(self.program.nodes), self._step_nodes
+
+        def job() -> None:
+            start = time.perf_counter()
+            roots = [[merkle.EMPTY] * n for _ in rows]
+            for i, node_id, commitment, row in appends:
+                roots[i][node_id] = commitment.extend_root(row)
+            for step in step_nodes:
+                done = merkle.tensor_roots([outs[k] for outs in outputs for k in step])
+                for i, row_roots in enumerate(roots):
+                    row_done = done[i * len(step) : (i + 1) * len(step)]
+                    for k, root in zip(step, row_done, strict=True):
+                        row_roots[k] = root
+            for (gen, _), row_roots in zip(rows, roots, strict=True):
+                gen.trace.add_position(row_roots)
+            if background:  # (inline, it is part of the submitting thread's commit time)
+                self.seconds["commit_background"] += time.perf_counter() - start
+
+        return job
 
     def _evaluate(
         self, rows: list[tuple[Generation, int]], record: bool
-    ) -> tuple[list[list[np.ndarray]], list[list[bytes]]]:
+    ) -> tuple[list[list[np.ndarray]], list[tuple[int, int, merkle.GrowingTensor, np.ndarray]]]:
+        """Every row's outputs of every node, and (when recording) the cache rows appended:
+        (row, node, the cache's commitment, the row's values), for the commit job to hash."""
         program = self.program
         n = len(program.nodes)
         outs: list[list[np.ndarray]] = [[None] * n for _ in rows]  # type: ignore[list-item]
-        roots: list[list[bytes]] = [[merkle.EMPTY] * n for _ in rows]
+        appends: list[tuple[int, int, merkle.GrowingTensor, np.ndarray]] = []
         groups = self.backend.groups(program) if hasattr(self.backend, "groups") else None
         cache_nodes, n_rows = self._cache_nodes, len(rows)
-        seconds = self.seconds
+        start = time.perf_counter()
         for group in groups or [(i,) for i in range(n)]:
-            start, committed = time.perf_counter(), seconds["commit"]
             if len(group) == 1:
                 node_id = group[0]
                 node = program.nodes[node_id]
@@ -239,19 +300,10 @@ class Executor:
                 if self.tamper is None and node_id not in cache_nodes and len(results) == n_rows:
                     for row_outs, result in zip(outs, results, strict=True):  # _store's usual
                         row_outs[node_id] = result
-                else:  # a cache (its commitment timed as such) or a tampered output
-                    self._store(node_id, rows, results, outs, roots, record)
-            seconds["evaluate"] += time.perf_counter() - start - (seconds["commit"] - committed)
-        if record:  # every other output of this step committed together (merkle.tensor_roots)
-            start = time.perf_counter()
-            for step in self._step_nodes:
-                done = merkle.tensor_roots([row_outs[k] for row_outs in outs for k in step])
-                for i, row_roots in enumerate(roots):
-                    row_done = done[i * len(step) : (i + 1) * len(step)]
-                    for k, root in zip(step, row_done, strict=True):
-                        row_roots[k] = root
-            seconds["commit"] += time.perf_counter() - start
-        return outs, roots
+                else:  # a cache or a tampered output
+                    self._store(node_id, rows, results, outs, appends if record else None)
+        self.seconds["evaluate"] += time.perf_counter() - start
+        return outs, appends
 
     def _store(
         self,
@@ -259,12 +311,10 @@ class Executor:
         rows: list[tuple[Generation, int]],
         results: list[np.ndarray],
         outs: list[list[np.ndarray]],
-        roots: list[list[bytes]],
-        record: bool,
+        appends: list[tuple[int, int, merkle.GrowingTensor, np.ndarray]] | None,
     ) -> None:
-        """Keep each row's output of a node (after the tamper hook), appending to its cache,
-        whose root grows with it when recording; other outputs are committed at the end of the
-        step."""
+        """Keep each row's output of a node (after the tamper hook), appending to its cache;
+        a recorded cache row goes to `appends`, for its root to grow with the commit job."""
         node = self.program.nodes[node_id]
         for i, ((gen, t), result) in enumerate(zip(rows, results, strict=True)):
             if self.tamper is not None:
@@ -274,10 +324,8 @@ class Executor:
                 if cache.rows != t:
                     raise ExecutionError("cache rows out of step with positions")
                 outs[i][node_id] = cache.append(result)
-                if record:
-                    start = time.perf_counter()
-                    roots[i][node_id] = cache.commitment.extend_root(result)
-                    self.seconds["commit"] += time.perf_counter() - start
+                if appends is not None:
+                    appends.append((i, node_id, cache.commitment, result))
                 continue
             outs[i][node_id] = result
 
@@ -304,6 +352,18 @@ class Executor:
         if not 0 <= value < bound:
             raise ExecutionError(f"{node.name} selects {value}, outside [0, {bound})")
         return value
+
+
+def _never() -> bool:
+    return False
+
+
+def _hash_serially() -> None:
+    """The commit thread's set-up: its hashing never launches threads of its own (the
+    evaluation has the cores; its parallel kernels and this thread's would wait on each other)."""
+    batch = merkle.batch_hasher()
+    if batch is not None:
+        batch.serial_here()
 
 
 def summary(gen: Generation, model: Model) -> dict:

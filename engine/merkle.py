@@ -209,6 +209,8 @@ class BatchHasher(Protocol):
         self, words: np.ndarray, counts: np.ndarray, dtype: int, zero: np.ndarray
     ) -> bytes: ...
 
+    def serial_here(self) -> None: ...
+
     def append_records(
         self, frontier: np.ndarray, count: int, position: int, roots: list[bytes], tag: int
     ) -> None: ...
@@ -249,12 +251,12 @@ def batch_hasher() -> BatchHasher | None:
     return _batch
 
 
-_CHUNK_VALUES = CHUNK_BYTES // 4
+CHUNK_VALUES = CHUNK_BYTES // 4
 _PARALLEL_VALUES = _PARALLEL_BYTES // 4
 _F32 = np.dtype(np.float32)
 _U32 = np.dtype(np.uint32)
 _size = operator.attrgetter("size")
-_ZERO_CHUNK = np.zeros(_CHUNK_VALUES, dtype=np.float32)  # +0.0: all-zero bits, the padding
+_ZERO_CHUNK = np.zeros(CHUNK_VALUES, dtype=np.float32)  # +0.0: all-zero bits, the padding
 _BIND_PREFIX: dict[int, bytes] = {}  # element count -> 0x02 || float32 || count
 
 
@@ -306,7 +308,7 @@ def tensor_roots(tensors: Sequence[np.ndarray]) -> list[bytes]:
     roots: list[bytes] = [EMPTY] * len(tensors)
     pieces: list[np.ndarray] = []
     spans: list[tuple[int, int, int]] = []  # (index, elements, chunks)
-    per, zero, f32 = _CHUNK_VALUES, _ZERO_CHUNK, _F32
+    per, zero, f32 = CHUNK_VALUES, _ZERO_CHUNK, _F32
     for i, a in enumerate(tensors):
         dt = getattr(a, "dtype", None)
         if (dt is not f32 and dt != f32) or a.size >= _PARALLEL_VALUES:
@@ -531,7 +533,7 @@ class GrowingTensor:
     def __init__(self, dtype: int = DTYPE_F32) -> None:
         self.dtype = dtype
         self.tree = IncrementalTree()
-        self.tail = np.zeros(_CHUNK_VALUES, dtype=np.uint32)
+        self.tail = np.zeros(CHUNK_VALUES, dtype=np.uint32)
         self.tail_words = 0
         self.length = 0
 

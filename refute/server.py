@@ -53,6 +53,7 @@ from refute.bisection.prover import Prover
 from refute.bisection.requests import RequestError, parse_request
 from refute.chat import ChatTemplate, ChatTemplateError
 from refute.check import CheckError, answer_text, claim_status, eos_token_ids
+from refute.engine.committer import Committer
 from refute.engine.executor import Executor, Generation, Request
 from refute.engine.trace import prompt_root
 from refute.errors import RefuteError
@@ -177,8 +178,8 @@ class StreamingExecutor(Executor):
 
     listener: Callable[[Generation], None] | None = None
 
-    def _run_rows(self, rows: list[tuple[Generation, int]]) -> None:
-        super()._run_rows(rows)
+    def _run_rows(self, rows: list[tuple[Generation, int]], commits: Committer) -> None:
+        super()._run_rows(rows, commits)
         listener = self.listener
         if listener is not None:
             for gen in {id(g): g for g, _ in rows}.values():

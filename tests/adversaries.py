@@ -218,18 +218,31 @@ class HistoryRewriter(Executor):
         rows: list[tuple[Generation, int]],
         results: list[np.ndarray],
         outs: list[list[np.ndarray]],
-        roots: list[list[bytes]],
-        record: bool,
+        appends: list[tuple[int, int, merkle.GrowingTensor, np.ndarray]] | None,
     ) -> None:
-        super()._store(node_id, rows, results, outs, roots, record)
+        super()._store(node_id, rows, results, outs, appends)
         t0, n0, flat, bit = self.target
         if node_id != n0:
             return
         for i, (_gen, t) in enumerate(rows):
             if t == t0:
                 outs[i][node_id] = _flip(outs[i][node_id], flat, bit)
-                if record:
-                    roots[i][node_id] = merkle.tensor_root(outs[i][node_id])
+                if appends is not None:  # the record commits the rewritten cache
+                    k = next(k for k, a in enumerate(appends) if a[:2] == (i, node_id))
+                    _, _, commitment, row = appends[k]
+                    root = merkle.tensor_root(outs[i][node_id])
+                    appends[k] = (i, node_id, _RootedAs(commitment, root), row)
+
+
+class _RootedAs:
+    """A cache commitment that grows honestly but reports `root` for this one append."""
+
+    def __init__(self, commitment: merkle.GrowingTensor, root: bytes) -> None:
+        self.commitment, self.root = commitment, root
+
+    def extend_root(self, row: np.ndarray) -> bytes:
+        self.commitment.extend_root(row)
+        return self.root
 
 
 def cache_history(model: Model, t: int, n: int, row: int, element: int, bit: int) -> Cheat:

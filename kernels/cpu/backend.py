@@ -28,6 +28,7 @@ needed, and `CPUBackend(load_after_s=...)` may wait until its numpy paths have s
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ LOAD_COST_S = 0.4
 (measured: docs/performance.md); the default backend's `load_after_s`."""
 
 COMPILE_NOTICE = "compiling CPU kernels (once)..."
+
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+"""The cores this process may run on (asked once)."""
 
 WIDEN_AT_MOST = 1 << 20
 """Elements of a narrow weight the compiled node loop keeps widened (norm gains, biases); a
@@ -222,6 +226,14 @@ class CPUBackend:
     def loaded(self) -> bool:
         """Whether this backend runs the numba kernels yet."""
         return self._kernels is not None
+
+    def leaves_a_core(self) -> bool:
+        """Whether evaluation on the calling thread leaves a core unused (its numba threads, or
+        serial kernels, fewer than the cores): there the executor hashes each step on a thread
+        of its own beside the next step's evaluation. Where the evaluation has every core, a
+        hashing thread only takes time from it (measured in docs/performance.md)."""
+        k = self._kernels
+        return k is not None and (self.parallel is False or k.threads() < CPUS)
 
     def _load(self) -> Kernels:
         if self.on_compile is not None:

@@ -298,16 +298,23 @@ def tensor_roots(words: np.ndarray, counts: np.ndarray, dtype: int, zero: np.nda
     out = np.empty((counts.size, 32), np.uint8)
     first, start, sizes = _leaf_table(counts)
     leaves = np.empty((start.size, 32), np.uint8)
-    key = ("sha256", start.size.bit_length())
-    parallel = _SPLIT.choose(key, 1024 * start.size, numba.get_num_threads())
+    key, threads = ("sha256", start.size.bit_length()), numba.get_num_threads()
+    parallel = _SPLIT.choose(key, 1024 * start.size, threads)
     began = time.perf_counter()
     if parallel:
         with PARALLEL_LAUNCH:
             _ROOTS[True](words, first, start, sizes, counts, dtype, zero, leaves, out)
     else:
         _ROOTS[False](words, first, start, sizes, counts, dtype, zero, leaves, out)
-    _SPLIT.record(key, parallel, time.perf_counter() - began)
+    if threads > 1:  # (a serial-only thread, the commit thread, says nothing of the choice)
+        _SPLIT.record(key, parallel, time.perf_counter() - began)
     return out.tobytes()
+
+
+def serial_here() -> None:
+    """Hash serially on the calling thread from now on (numba's thread count is per thread):
+    the executor's commit thread, which runs beside the evaluation's threads."""
+    numba.set_num_threads(1)
 
 
 def append_records(

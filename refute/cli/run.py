@@ -174,6 +174,7 @@ def run(
         "generate_s": round(t_run, 4),
         "evaluate_s": round(executor.seconds["evaluate"], 4),
         "commit_s": round(executor.seconds["commit"], 4),
+        "commit_background_s": round(executor.seconds["commit_background"], 4),
         "tokens_per_s": round(max_new_tokens / t_run, 3),
     }
     if as_json:
