@@ -117,6 +117,29 @@ def test_halfway_sums_expose_fma_and_reordering() -> None:
     _check(x, w, parallel=True)
 
 
+def test_matmul_runs_serially_where_numba_has_one_thread(monkeypatch) -> None:
+    """Left to decide, `matmul` threads a large product only where numba has threads to give it
+    (the benchmarks call it so; `CPUBackend` decides the same way)."""
+    import numba
+
+    ran = []
+    for key, kernel in list(tree_dot._KERNELS.items()):
+        monkeypatch.setitem(
+            tree_dot._KERNELS, key, lambda *a, key=key, f=kernel: (ran.append(key), f(*a))
+        )
+    rng = np.random.default_rng(5)
+    x, w = _values(rng, (1, 2048), 0.0), _values(rng, (2048, 1024), 0.0)
+    assert 2048 * 1024 >= tree_dot.PARALLEL_MIN_WORK
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            _check(x, w)
+            assert ran[-2:] == [(threads > 1, False)] * 2  # (both layouts of the weight)
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_large_shapes_both_variants() -> None:
     rng = np.random.default_rng(7)
     x = _values(rng, (3, 1100), 0.01)

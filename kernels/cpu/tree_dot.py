@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.extending import intrinsic, overload
 
 from refute.engine.weights import BF16, is_narrow, widen
@@ -382,7 +382,8 @@ def matmul(x: np.ndarray, w: PackedWeight, parallel: bool | None = None) -> np.n
     """x: [..., K] · packed w -> [..., N], bit-identical to `reference.dot`.
 
     `parallel`: use numba's threads (`numba.set_num_threads` sets how many); None decides by
-    size (`PARALLEL_MIN_WORK`)."""
+    size (`PARALLEL_MIN_WORK`), and serially where numba has one thread (as `CPUBackend`
+    does: a parallel region of one thread only costs its launch)."""
     x = np.asarray(x, dtype=_F32)
     if x.shape[-1] != w.k:
         raise ValueError(f"x has K = {x.shape[-1]}, the weight {w.k}")
@@ -393,7 +394,7 @@ def matmul(x: np.ndarray, w: PackedWeight, parallel: bool | None = None) -> np.n
     xp[:, : w.k] = rows
     out = np.empty((rows.shape[0], w.n), dtype=_F32)
     if parallel is None:
-        parallel = rows.shape[0] * kp * w.n >= PARALLEL_MIN_WORK
+        parallel = rows.shape[0] * kp * w.n >= PARALLEL_MIN_WORK and get_num_threads() > 1
     if rows.shape[0] and w.n:
         if w.k == 0:
             out[:] = 0.0
