@@ -23,7 +23,7 @@ a slower hasher makes the evaluation wait rather than memory grow."""
 
 BACKGROUND_MIN_CHUNKS = 1024
 """Chunks a position's outputs hash (1 MiB) from which the executor uses the commit thread: a
-134M-parameter Llama's 1,291 gained, tiny-llama's 74 and the demo's 156 lost. Where outputs are
+134M-parameter Llama's 1,351 gained, tiny-llama's 84 and the demo's 176 lost. Where outputs are
 small, the thread's share of the GIL (its Python between compiled calls, per output) and its
 wake-ups cost the evaluation more than the hashing it takes over (docs/performance.md)."""
 

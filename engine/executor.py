@@ -8,7 +8,6 @@ tests check it), because each node's output element is a fixed function of its i
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,7 +133,7 @@ class Executor:
         self._leaves_a_core = getattr(self.backend, "leaves_a_core", _never)
         # (the chunks of the first position: caches aside, outputs that grow counted at one)
         position_chunks = sum(
-            -(-math.prod(max(d, 1) for d in self.program.nodes[i].shape) // merkle.CHUNK_VALUES)
+            -(-self.program.output_size(i, 0) // merkle.CHUNK_VALUES)
             for nodes in self._step_nodes
             for i in nodes
         )
@@ -179,7 +178,6 @@ class Executor:
         if not 0 <= position < gen.executed:
             raise ExecutionError(f"position {position} was not executed")
         shadow = Generation(gen.request, gen.tokens[: position + 1], Trace(len(self.program.nodes)))
-        shadow.executed = position
         for node_id, cache in gen.caches.items():
             c = Cache(cache.row_size)
             for r in range(position):
