@@ -222,9 +222,9 @@ class Service:
             changed = True
             info = client.store["claims"][cid]
             if isinstance(client, Prover):
-                if value == "pending":
+                if cid not in before["claims"]:  # new, whatever it became within the round
                     self._log_posted(client, int(cid), info)
-                else:
+                if value != "pending":
                     self.log(f"claim.{value}", claim=int(cid), request=info.get("key"),
                              id=_rid(client, info))  # fmt: skip
             elif value is not None:

@@ -398,3 +398,40 @@ def test_a_long_outage_is_reported_even_when_no_failed_retry_falls_past_the_thre
     assert names == ["error"] * len(retries) + ["node.unreachable", "node.reachable", "error"]
     (down,) = [e for e in events(stream.getvalue()) if e["event"] == "node.unreachable"]
     assert down["seconds"] == (12.6 if retries[-1] < UNREACHABLE_AFTER else retries[-1])
+
+
+def test_a_claim_posted_and_finalised_in_one_round_is_logged_as_both(
+    embedded_web3: Web3, model, tmp_path
+) -> None:
+    """Where the window passes while a round posts (a slow node, a clock jump), the claim is
+    first seen finalised: its posting is still logged, before its outcome."""
+    import io
+    import threading
+
+    from refute.bisection.eventlog import EventLog
+    from refute.bisection.prover import Prover
+    from refute.bisection.service import Service
+    from refute.contracts.game import GameClient
+    from refute.engine.executor import Request
+
+    params = GameParams(claim_bond=10**18, challenge_bond=5 * 10**17, move_bond=10**15, window=8)
+    game = GameClient.deploy(w3=embedded_web3, params=params)
+    game.register(model)
+    prover = Prover(game, model, tmp_path / "p", embedded_web3.eth.accounts[1])
+    finalize = prover._finalize
+
+    def window_passed_meanwhile() -> None:
+        if prover.store["claims"]:
+            tester = embedded_web3.provider.ethereum_tester
+            tester.time_travel(embedded_web3.eth.get_block("latest")["timestamp"] + 20)
+        finalize()
+
+    prover._finalize = window_passed_meanwhile
+    stream = io.StringIO()
+    service = Service(game, [prover], EventLog(stream, "test"), interval=0.05)
+    service.submit(Request((5, 17, 250, 3), 3), rid="r1")
+    service.run(threading.Event(), until_idle=True, max_seconds=60)
+    log = events(stream.getvalue())
+    claims = [(e["event"], e.get("id")) for e in log if e["event"].startswith("claim.")]
+    assert claims == [("claim.posted", "r1"), ("claim.finalized", "r1")]
+    assert prover.status(0) == "finalized"
